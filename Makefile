@@ -1,0 +1,41 @@
+# Two entry points for a fresh machine with only Python and a C++ compiler:
+#   make demo   installs what it needs, then runs the main job (the kernel benchmark for now)
+#   make test   installs the test needs, then runs the whole suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXT_SRC := csrc/zo_kernels.cpp csrc/zo_noise.h setup.py
+
+.PHONY: demo test bench build clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 is the CPU build on local disk; an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.deps: $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q numpy "pybind11>=2.12" setuptools wheel
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.deps
+	$(BIN)/pip install -q "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "triton>=3.0"
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(EXT_SRC)
+	$(BIN)/python setup.py -q build_ext --inplace
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+demo: $(VENV)/.built
+	$(BIN)/python benchmarks/kernels.py --table
+
+bench: $(VENV)/.built $(VENV)/.test-deps
+	$(BIN)/python -m pytest benchmarks --benchmark-enable -q
+
+test: $(VENV)/.built $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf build $(VENV) zokernels/_C*.so *.egg-info

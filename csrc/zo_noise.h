@@ -1,0 +1,223 @@
+// The noise contract in C++ (header-only, no torch). docs/noise.md is the prose, zokernels/spec.py
+// the constants (tests compare them to spec_constants() exported by the extension).
+//
+// Everything here is integer arithmetic or single IEEE float32 operations (+ - * / sqrt), compiled
+// with -ffp-contract=off and without -ffast-math, so every compiler and vector width gives the
+// same bits as the torch reference and the Triton kernels.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace zo {
+
+constexpr int SPEC_VERSION = 1;
+constexpr uint32_t PHILOX_KEY_A = 0x9E3779B9u, PHILOX_KEY_B = 0xBB67AE85u;
+constexpr uint32_t PHILOX_ROUND_A = 0xD2511F53u, PHILOX_ROUND_B = 0xCD9E8D57u;
+constexpr int PHILOX_ROUNDS = 10;
+constexpr uint32_t TAG_NOISE = 0, TAG_ROUNDING = 1;
+
+enum Dist : int { GAUSSIAN = 0, RADEMACHER = 1, UNIFORM = 2 };
+enum DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+enum Rounding : int { NEAREST = 0, STOCHASTIC = 1 };
+
+static inline float f32(uint32_t bits) { float f; std::memcpy(&f, &bits, 4); return f; }
+static inline uint32_t bits_of(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// Float32 constants by bit pattern (same table as zokernels/spec.py F32_BITS).
+constexpr uint32_t SQRT2 = 0x3FB504F3u, LN2_HI = 0x3F317180u, LN2_LO = 0x3717F7D2u;
+constexpr uint32_t LOG_C1 = 0x3F2AAAABu, LOG_C2 = 0x3ECCCCCDu, LOG_C3 = 0x3E924925u, LOG_C4 = 0x3E638E39u;
+constexpr uint32_t TURN_STEP = 0x34C90FDBu;
+constexpr uint32_t SIN_C1 = 0xBE2AAAABu, SIN_C2 = 0x3C088889u, SIN_C3 = 0xB9500D01u, SIN_C4 = 0x3638EF1Du;
+constexpr uint32_t COS_C1 = 0xBF000000u, COS_C2 = 0x3D2AAAABu, COS_C3 = 0xBAB60B61u, COS_C4 = 0x37D00D01u,
+                   COS_C5 = 0xB493F27Eu;
+constexpr uint32_t SQRT3 = 0x3FDDB3D7u;
+
+// One Philox4x32-10 round on one counter; k0/k1 are the round's key words.
+static inline void philox_round(uint32_t &x0, uint32_t &x1, uint32_t &x2, uint32_t &x3, uint32_t k0, uint32_t k1) {
+  uint64_t pa = (uint64_t)PHILOX_ROUND_A * x0;
+  uint64_t pb = (uint64_t)PHILOX_ROUND_B * x2;
+  uint32_t c0 = (uint32_t)(pb >> 32) ^ x1 ^ k0;
+  uint32_t c2 = (uint32_t)(pa >> 32) ^ x3 ^ k1;
+  x1 = (uint32_t)pb;
+  x3 = (uint32_t)pa;
+  x0 = c0;
+  x2 = c2;
+}
+
+#if defined(__AVX512F__)
+// High and low halves of 16 products a * m (m broadcast), from even- and odd-lane 32x32->64 multiplies;
+// compilers otherwise widen to 64-bit lanes and use the slow vpmullq.
+static inline void mulhilo16(__m512i a, __m512i m, __m512i &hi, __m512i &lo) {
+  __m512i even = _mm512_mul_epu32(a, m);
+  __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+#endif
+
+// Philox4x32-10 over N counters at once (structure of arrays so it vectorizes).
+// Counter n is (g0 + n mod 2^32, (g0 + n) >> 32, key, tag); the Philox key is the 64-bit seed.
+template <int N>
+static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint64_t g0, uint32_t (&x0)[N],
+                                uint32_t (&x1)[N], uint32_t (&x2)[N], uint32_t (&x3)[N]) {
+  for (int n = 0; n < N; ++n) {
+    uint64_t g = g0 + (uint64_t)n;
+    x0[n] = (uint32_t)g;
+    x1[n] = (uint32_t)(g >> 32);
+    x2[n] = key;
+    x3[n] = tag;
+  }
+  const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  int n = 0;
+#if defined(__AVX512F__)
+  const __m512i ma = _mm512_set1_epi32((int)PHILOX_ROUND_A), mb = _mm512_set1_epi32((int)PHILOX_ROUND_B);
+  for (; n + 16 <= N; n += 16) {
+    __m512i c0 = _mm512_loadu_si512(x0 + n), c1 = _mm512_loadu_si512(x1 + n);
+    __m512i c2 = _mm512_loadu_si512(x2 + n), c3 = _mm512_loadu_si512(x3 + n);
+    uint32_t ka = k0, kb = k1;
+    for (int r = 0; r < PHILOX_ROUNDS; ++r) {
+      __m512i hia, loa, hib, lob;
+      mulhilo16(c0, ma, hia, loa);
+      mulhilo16(c2, mb, hib, lob);
+      c0 = _mm512_xor_si512(_mm512_xor_si512(hib, c1), _mm512_set1_epi32((int)ka));
+      c2 = _mm512_xor_si512(_mm512_xor_si512(hia, c3), _mm512_set1_epi32((int)kb));
+      c1 = lob;
+      c3 = loa;
+      ka += PHILOX_KEY_A;
+      kb += PHILOX_KEY_B;
+    }
+    _mm512_storeu_si512(x0 + n, c0);
+    _mm512_storeu_si512(x1 + n, c1);
+    _mm512_storeu_si512(x2 + n, c2);
+    _mm512_storeu_si512(x3 + n, c3);
+  }
+#endif
+  for (; n < N; ++n) {
+    uint32_t ka = k0, kb = k1;
+    for (int r = 0; r < PHILOX_ROUNDS; ++r) {
+      philox_round(x0[n], x1[n], x2[n], x3[n], ka, kb);
+      ka += PHILOX_KEY_A;
+      kb += PHILOX_KEY_B;
+    }
+  }
+}
+
+// ln(u) for u = k * 2^-24, k in [1, 2^24]: exponent/mantissa split by bits, mantissa folded into
+// [sqrt2/2, sqrt2), log1p by the odd atanh series in s = f / (2 + f).
+static inline float spec_log(float u) {
+  uint32_t b = bits_of(u);
+  int32_t e = (int32_t)(b >> 23) - 127;
+  float m = f32((b & 0x007FFFFFu) | 0x3F800000u);
+  bool fold = m > f32(SQRT2);
+  m = fold ? m * 0.5f : m;
+  e = fold ? e + 1 : e;
+  float f = m - 1.0f;
+  float s = f / (2.0f + f);
+  float z = s * s;
+  float p = f32(LOG_C4);
+  p = f32(LOG_C3) + z * p;
+  p = f32(LOG_C2) + z * p;
+  p = f32(LOG_C1) + z * p;
+  float logm = (2.0f * s) + s * (z * p);
+  float fe = (float)e;
+  return fe * f32(LN2_HI) + (fe * f32(LN2_LO) + logm);
+}
+
+// Box-Muller on two words: radius from a (k in 1..2^24), angle from the 24-bit turn fraction of b,
+// reduced to the nearest quadrant exactly in integers, then sin/cos polynomials on [-pi/4, pi/4).
+static inline void spec_gaussian_pair(uint32_t a, uint32_t b, float &za, float &zb) {
+  float u = (float)((a >> 8) + 1u) * f32(0x33800000u);  // * 2^-24, exact
+  float r = __builtin_sqrtf(-2.0f * spec_log(u));
+  uint32_t t = (b >> 8) + 0x200000u;
+  uint32_t quadrant = (t >> 22) & 3u;
+  float x = (float)((int32_t)(t & 0x3FFFFFu) - 0x200000) * f32(TURN_STEP);
+  float z = x * x;
+  float ps = f32(SIN_C4);
+  ps = f32(SIN_C3) + z * ps;
+  ps = f32(SIN_C2) + z * ps;
+  ps = f32(SIN_C1) + z * ps;
+  float sn = x + (x * z) * ps;
+  float pc = f32(COS_C5);
+  pc = f32(COS_C4) + z * pc;
+  pc = f32(COS_C3) + z * pc;
+  pc = f32(COS_C2) + z * pc;
+  pc = f32(COS_C1) + z * pc;
+  float cs = 1.0f + z * pc;
+  // rotate (cos, sin) by quadrant * 90 degrees: exact sign flips and swaps
+  float c = (quadrant & 1u) ? sn : cs;
+  float s = (quadrant & 1u) ? cs : sn;
+  c = (quadrant == 1u || quadrant == 2u) ? -c : c;
+  s = (quadrant >= 2u) ? -s : s;
+  za = r * c;
+  zb = r * s;
+}
+
+static inline float spec_rademacher(uint32_t a) { return (a >> 31) ? -1.0f : 1.0f; }
+
+// Symmetric odd multiples of 2^-24 in (-1, 1), scaled to unit variance.
+static inline float spec_uniform(uint32_t a) {
+  float v = (float)((int32_t)((a >> 8) << 1) + 1 - 0x1000000) * f32(0x33800000u);
+  return v * f32(SQRT3);
+}
+
+// ---- conversions between float32 and the 16-bit parameter formats (round to nearest even) ----
+
+static inline float bf16_to_f32(uint16_t h) { return f32((uint32_t)h << 16); }
+
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t b = bits_of(f);
+  uint32_t rne = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+  uint32_t nan = (b >> 16) | 0x40u;  // keep sign and payload top, force quiet
+  return (uint16_t)(((b & 0x7FFFFFFFu) > 0x7F800000u) ? nan : rne);
+}
+
+static inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7FFFu, e = em >> 10;
+  uint32_t normal = (em << 13) + (112u << 23);
+  uint32_t special = (em << 13) | 0x7F800000u;             // inf and NaN
+  uint32_t sub = bits_of((float)em * f32(0x33800000u));  // subnormal: m * 2^-24, exact
+  uint32_t is_sub = 0u - (uint32_t)(e == 0), is_special = 0u - (uint32_t)(e == 31);
+  uint32_t mag = (sub & is_sub) | (special & is_special) | (normal & ~(is_sub | is_special));
+  return f32(sign | mag);
+}
+
+// Branch-free so the tile loops vectorize. Subnormal halves round on the 2^-24 grid with the
+// float trick (q + 2^23) - 2^23, which is round-to-nearest-even for 0 <= q < 2^22.
+static inline uint16_t f32_to_f16(float f) {
+  uint32_t b = bits_of(f);
+  uint32_t sign = (b >> 16) & 0x8000u, a = b & 0x7FFFFFFFu;
+  uint32_t nan = 0x7E00u | ((a >> 13) & 0x3FFu);
+  uint32_t normal = ((a + 0xFFFu + ((a >> 13) & 1u)) >> 13) - (112u << 10);
+  float q = f32(a < 0x38800000u ? a : 0u) * f32(0x4B800000u);  // |f| * 2^24, exact
+  uint32_t sub = (uint32_t)((q + 8388608.0f) - 8388608.0f);
+  uint32_t mag = a > 0x7F800000u ? nan : (a >= 0x477FF000u ? 0x7C00u : (a >= 0x38800000u ? normal : sub));
+  return (uint16_t)(sign | mag);
+}
+
+// Stochastic rounding of s to bf16 with random word r: add r's top 16 bits to the 16 bits that
+// bf16 drops, then truncate. Unbiased: rounds away from zero with probability = dropped fraction.
+static inline uint16_t f32_to_bf16_sr(float s, uint32_t r) {
+  uint32_t b = bits_of(s);
+  uint16_t sr = (uint16_t)((b + (r >> 16)) >> 16);
+  return ((b & 0x7FFFFFFFu) > 0x7F800000u) ? f32_to_bf16(s) : sr;
+}
+
+// Stochastic rounding to fp16. Normal range: the same trick on the 13 dropped bits. Subnormal
+// range (|s| < 2^-14, grid step 2^-24): floor on the grid, then up if a 24-bit uniform < fraction.
+// NaN rounds to nearest. Every candidate below is exactly representable, so the final conversion
+// does no rounding of its own.
+static inline uint16_t f32_to_f16_sr(float s, uint32_t r) {
+  uint32_t b = bits_of(s);
+  uint32_t a = b & 0x7FFFFFFFu;
+  float normal = f32((b + (r >> 19)) & ~0x1FFFu);
+  float q = f32(a < 0x38800000u ? a : 0u) * f32(0x4B800000u);  // |s| * 2^24, exact
+  float fl = __builtin_floorf(q);
+  float up = ((float)(r >> 8) * f32(0x33800000u) < q - fl) ? 1.0f : 0.0f;
+  float sub = f32(bits_of((fl + up) * f32(0x33800000u)) | (b & 0x80000000u));
+  return f32_to_f16(a > 0x7F800000u ? s : (a >= 0x38800000u ? normal : sub));
+}
+
+}  // namespace zo
