@@ -1,0 +1,54 @@
+"""The C++ CPU backend (zokernels._C): raw pointers in, OpenMP loops, the GIL released.
+
+The extension is optional at import time: if it failed to build or load, `import zokernels` still
+works and only a call that needs it raises, saying why and how to fix it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C
+except ImportError as exc:  # not built, or built for another Python/CPU
+    _C = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+DIST_CODES = {"gaussian": 0, "rademacher": 1, "uniform": 2}
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def require():
+    if _C is None:
+        raise RuntimeError(
+            "zokernels' C++ CPU backend (zokernels._C) is not available: "
+            f"{type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR}. Build it with `make build` (or "
+            "`pip install --no-build-isolation -e .`; set ZOKERNELS_PORTABLE=1 if the CPU that runs it differs "
+            "from the one that builds it), or pass backend='torch' to use the pure-torch reference."
+        )
+    return _C
+
+
+def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str) -> None:
+    require().noise(out.data_ptr(), out.numel(), offset, seed, key, DIST_CODES[dist], torch.get_num_threads())
+
+
+def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str) -> None:
+    require().update(
+        [t.data_ptr() for t in tensors],
+        [t.numel() for t in tensors],
+        list(offsets),
+        list(keys),
+        [DTYPE_CODES[t.dtype] for t in tensors],
+        list(seeds),
+        list(coeffs),
+        DIST_CODES[dist],
+        1 if rounding == "stochastic" else 0,
+        torch.get_num_threads(),
+    )

@@ -1,0 +1,287 @@
+"""Public ops: argument checks, backend choice, and torch.library registration.
+
+Backends share one interface, `noise(out, offset, seed, key, dist)` and
+`update_(tensors, seeds, coeffs, keys, offsets, dist, rounding)`:
+  "cpu"    the C++ extension (CPU tensors),
+  "triton" the Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1),
+  "torch"  the pure-torch reference (any device).
+The default follows the device (cpu -> "cpu", cuda -> "triton" if importable else "torch");
+`backend=` or the ZOKERNELS_BACKEND environment variable overrides it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from typing import Sequence
+
+import torch
+
+from . import _cpu, reference, spec
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BACKENDS = ("cpu", "torch", "triton")
+
+
+# ---------------------------------------------------------------- backends
+
+
+class _TorchBackend:
+    @staticmethod
+    def noise(out, offset, seed, key, dist):
+        out.copy_(reference.noise(out.numel(), seed, key, offset, dist, out.device).view(out.shape))
+
+    @staticmethod
+    def update_(tensors, seeds, coeffs, keys, offsets, dist, rounding):
+        for t, key, off in zip(tensors, keys, offsets):
+            reference.update_(t, seeds, coeffs, key, off, dist, rounding)
+
+
+def _triton_module():
+    try:
+        from .triton import noise as triton_noise
+    except ImportError as exc:
+        raise RuntimeError(
+            f"zokernels' Triton backend needs the triton package ({exc}); `pip install triton`, "
+            "or pass backend='cpu' / 'torch'."
+        ) from exc
+    return triton_noise
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def backends() -> list[str]:
+    """The backends usable in this process: "cpu" (C++), "torch", and "triton" where it can run."""
+    names = ["cpu"] if _cpu.available() else []
+    names.append("torch")
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        try:
+            _triton_module()
+            names.append("triton")
+        except RuntimeError:
+            pass
+    return names
+
+
+def _has_triton() -> bool:
+    try:
+        _triton_module()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _default_backend(device: torch.device, dist: str) -> str:
+    if dist == "gaussian-fast":
+        return "triton"
+    if device.type == "cuda":
+        return "triton" if _has_triton() else "torch"
+    return "cpu" if device.type == "cpu" else "torch"
+
+
+def _resolve(backend: str | None, device: torch.device, dist: str) -> str:
+    name = backend or os.environ.get("ZOKERNELS_BACKEND") or _default_backend(device, dist)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend 'cpu' runs on CPU tensors, got a tensor on {device}")
+        _cpu.require()
+    if name == "triton" and not _triton_runs_on(device):
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU ones), got {device}")
+    if dist == "gaussian-fast" and name != "triton":
+        raise ValueError(
+            "dist 'gaussian-fast' is Triton's approximate Box-Muller (tl.randn-style), available only on the "
+            "triton backend and not bit-portable; use dist='gaussian' for the portable spec Gaussian"
+        )
+    return name
+
+
+def _backend(name: str):
+    if name == "cpu":
+        return _cpu
+    if name == "torch":
+        return _TorchBackend
+    return _triton_module()
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _as_int(value, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{what} = {v} is out of range [{lo}, {hi}]")
+    return v
+
+
+def _as_coeff(value, what: str) -> float:
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__}") from None
+    if not math.isfinite(c):
+        raise ValueError(f"{what} is {c}: a non-finite coefficient would destroy the weights (NaN loss upstream?)")
+    return c
+
+
+def _check_dist_rounding(dist: str, rounding: str) -> None:
+    if dist not in spec.DISTS:
+        raise ValueError(f"unknown dist {dist!r}; choose one of {spec.DISTS}")
+    if rounding not in spec.ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; choose one of {spec.ROUNDINGS}")
+
+
+def _check_tensors(tensors) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{i}] is a {type(t).__name__}, not a torch.Tensor")
+        if t.device.type == "meta":
+            raise ValueError(f"tensors[{i}] is a meta tensor and has no data; materialize it first "
+                             "(e.g. module.to_empty(device=...) and load the weights)")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"tensors[{i}] has dtype {t.dtype}; supported: float32, bfloat16, float16")
+        if t.layout != torch.strided:
+            raise TypeError(f"tensors[{i}] has layout {t.layout}; only dense (strided) tensors are supported")
+        if not t.is_contiguous():
+            raise ValueError(f"tensors[{i}] is not contiguous (shape {tuple(t.shape)}, stride {t.stride()}): the "
+                             "noise is defined on the row-major element index, so pass contiguous tensors")
+        if t.device != tensors[0].device:
+            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {tensors[0].device}")
+    return tensors
+
+
+def _per_tensor(values, n: int, what: str, default=None) -> list:
+    if values is None:
+        if default is None:
+            raise TypeError(f"{what} is required: one per tensor")
+        return [default] * n
+    if isinstance(values, (int, torch.SymInt)) and not isinstance(values, bool):
+        values = [values]
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"got {len(values)} {what} for {n} tensors; pass one per tensor")
+    return values
+
+
+def _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding):
+    tensors = _check_tensors(tensors)
+    _check_dist_rounding(dist, rounding)
+    n = len(tensors)
+    keys = [_as_int(k, f"keys[{i}]", 0, spec.KEY_MAX) for i, k in enumerate(_per_tensor(keys, n, "keys"))]
+    offsets = [_as_int(o, f"offsets[{i}]", 0, spec.INDEX_LIMIT) for i, o in enumerate(_per_tensor(offsets, n, "offsets", 0))]
+    for i, (t, o) in enumerate(zip(tensors, offsets)):
+        if o + t.numel() > spec.INDEX_LIMIT:
+            raise ValueError(f"tensors[{i}]: offset {o} + numel {t.numel()} exceeds the 2**62 element-index limit")
+    seeds, coeffs = list(seeds), list(coeffs)
+    if len(seeds) != len(coeffs):
+        raise ValueError(f"got {len(seeds)} seeds but {len(coeffs)} coeffs")
+    seeds = [_as_int(s, f"seeds[{k}]", 0, spec.SEED_MAX) for k, s in enumerate(seeds)]
+    coeffs = [_as_coeff(c, f"coeffs[{k}]") for k, c in enumerate(coeffs)]
+    return tensors, seeds, coeffs, keys, offsets
+
+
+def _check_no_overlap(tensors: Sequence[torch.Tensor]) -> None:
+    """Two views of the same memory would be updated twice (tied weights?) and race in parallel loops."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors)
+                   if t.numel())
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"tensors[{i}] and tensors[{j}] overlap in memory (tied weights?); pass each storage once")
+
+
+# ---------------------------------------------------------------- torch.library ops
+
+
+def _to_i64(seed: int) -> int:
+    """uint64 seed -> int64 with the same bits: op schemas carry signed 64-bit ints."""
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def _from_i64(seed: int) -> int:
+    return seed + 2**64 if seed < 0 else seed
+
+
+@torch.library.custom_op("zokernels::update_", mutates_args=("tensors",))
+def _update_op(tensors: list[torch.Tensor], seeds: list[int], coeffs: list[float], keys: list[int],
+               offsets: list[int], dist: str, rounding: str, backend: str) -> None:
+    _check_no_overlap(tensors)
+    with torch.no_grad():
+        _backend(backend).update_(tensors, [_from_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding)
+
+
+@_update_op.register_fake
+def _(tensors, seeds, coeffs, keys, offsets, dist, rounding, backend) -> None:
+    return None
+
+
+@torch.library.custom_op("zokernels::noise", mutates_args=())
+def _noise_op(shape: list[int], seed: int, key: int, offset: int, dist: str, device: torch.device,
+              backend: str) -> torch.Tensor:
+    out = torch.empty(shape, dtype=torch.float32, device=device)
+    if out.numel():
+        _backend(backend).noise(out, offset, _from_i64(seed), key, dist)
+    return out
+
+
+@_noise_op.register_fake
+def _(shape, seed, key, offset, dist, device, backend):
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gaussian", device="cpu",
+          backend: str | None = None) -> torch.Tensor:
+    """The float32 z of elements offset .. offset+numel-1 of tensor `key`, shaped `shape`.
+
+    A pure function of (seed, key, element index, dist, spec version): the same on every backend and
+    device, bit for bit (dist="gaussian-fast" excepted). `noise(n, s, offset=o)` equals
+    `noise(o + n, s)[o:]`, so a shard reproduces its slice of the whole tensor.
+    """
+    shape = [shape] if isinstance(shape, int) else list(shape)
+    shape = [_as_int(d, "shape entry", 0, spec.INDEX_LIMIT) for d in shape]
+    _check_dist_rounding(dist, "nearest")
+    seed = _as_int(seed, "seed", 0, spec.SEED_MAX)
+    key = _as_int(key, "key", 0, spec.KEY_MAX)
+    offset = _as_int(offset, "offset", 0, spec.INDEX_LIMIT)
+    if offset + math.prod(shape) > spec.INDEX_LIMIT:
+        raise ValueError(f"offset {offset} + numel {math.prod(shape)} exceeds the 2**62 element-index limit")
+    device = torch.device(device)
+    name = _resolve(backend, device, dist)
+    return torch.ops.zokernels.noise(shape, _to_i64(seed), key, offset, dist, device, name)
+
+
+def update_(tensors, seeds, coeffs, *, keys, offsets=None, dist: str = "gaussian", rounding: str = "nearest",
+            backend: str | None = None):
+    """In place, for each tensor and each (seed, coeff) in order: w = round(w + float32(coeff) * z(seed)).
+
+    All K pairs are applied in ONE pass over memory, rounding to the tensor's dtype after each, so the
+    result is bit-identical to K `perturb_` calls. `keys` gives each tensor's stable noise key;
+    `offsets` (default 0) the global index of its first element, for shards of a larger tensor.
+    Returns `tensors`.
+    """
+    ts, seeds, coeffs, keys, offsets = _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding)
+    if ts and seeds:
+        name = _resolve(backend, ts[0].device, dist)
+        torch.ops.zokernels.update_(ts, [_to_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding, name)
+    return tensors
+
+
+def perturb_(tensors, seed: int, scale: float, *, keys, offsets=None, dist: str = "gaussian",
+             rounding: str = "nearest", backend: str | None = None):
+    """In place, for each tensor: w = round(w + float32(scale) * z(seed)). Returns `tensors`."""
+    return update_(tensors, [seed], [scale], keys=keys, offsets=offsets, dist=dist, rounding=rounding,
+                   backend=backend)
