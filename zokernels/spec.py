@@ -22,7 +22,7 @@ TAG_ROUNDING = 1  # random bits for stochastic rounding
 
 SEED_MAX = 2**64 - 1
 KEY_MAX = 2**32 - 1
-INDEX_LIMIT = 2**64  # offset + numel must stay below this (64-bit element indices)
+INDEX_LIMIT = 2**62  # offset + numel may not exceed this: group indices stay below 2**60, int64-safe everywhere
 
 DISTS = ("gaussian", "rademacher", "uniform", "gaussian-fast")
 PORTABLE_DISTS = ("gaussian", "rademacher", "uniform")
