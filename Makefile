@@ -23,6 +23,7 @@ $(VENV)/.test-deps: $(VENV)/.deps
 
 $(VENV)/.built: $(VENV)/.deps $(EXT_SRC)
 	$(BIN)/python setup.py -q build_ext --inplace
+	$(BIN)/python -c "import zokernels._C" || (echo "the C++ extension did not build: see the compiler output above" && false)
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
