@@ -6,7 +6,9 @@ C++ CPU, Triton and pure-torch backends.
 """
 
 from .ops import backends, noise, perturb_, update_
+from .optim import ZOSGD, ZOAdam, param_key, zo_param_groups
 from .spec import SPEC_VERSION
 
-__all__ = ["SPEC_VERSION", "backends", "noise", "perturb_", "update_"]
+__all__ = ["SPEC_VERSION", "ZOAdam", "ZOSGD", "backends", "noise", "param_key", "perturb_", "update_",
+           "zo_param_groups"]
 __version__ = "0.1.0"

@@ -1,0 +1,418 @@
+"""Zeroth-order optimizers on the fused noise kernels (MeZO-style ZO-SGD and variants).
+
+    opt = zokernels.ZOSGD(model, lr=1e-6, eps=1e-3, mode="shadow")
+    loss = opt.step(lambda: model(**batch).loss)      # the closure runs one forward
+
+Each step draws q seeds from (seed, step, j) by integer hashing, estimates the projected gradient
+g_j = (L(w + eps z_j) - L(w - eps z_j)) / (2 eps) with the closure, and applies
+w -= lr * mean_j(g_j z_j) with one multi-seed update. Noise keys come from parameter names, so a
+run is reproducible across processes, devices and wrappers (DDP/FSDP/compile prefixes are ignored).
+
+Modes (`mode=`):
+  "inplace"  weights are perturbed in place: +eps, -2eps, then restore and update fused as
+             w += (eps - lr g) z: 3 passes over parameter memory per step (q=1), 2 with
+             fuse_steps=True (the update is fused with the next step's +eps; call flush() before
+             reading the weights). In bf16/fp16 the restore is not exact.
+  "shadow"   weights are never written during the forwards: a forward pre-hook on each module that
+             owns trainable parameters swaps in a perturbed copy made just in time, and a forward
+             hook drops it. The update is the only write, once per step, and restore is exact in
+             any dtype. Extra memory: the largest module's trainable weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import ops, spec
+from .seeding import derive_seed
+
+_WRAPPER_PARTS = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"}
+
+
+def normalize_name(name: str) -> str:
+    """Drop wrapper components (DDP's leading 'module.', FSDP, activation checkpointing, torch.compile)."""
+    parts = name.split(".")
+    while parts and parts[0] == "module":
+        parts = parts[1:]
+    return ".".join(p for p in parts if p not in _WRAPPER_PARTS)
+
+
+def param_key(name: str) -> int:
+    """The stable 32-bit noise key of a parameter: blake2b of its normalized name."""
+    digest = hashlib.blake2b(normalize_name(name).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def zo_param_groups(model: nn.Module, weight_decay: float,
+                    no_decay: Iterable[str] = ("bias", "norm", "ln_", "layernorm")) -> list[dict]:
+    """Two named groups, as fine-tuning recipes do: decay for weights, none for biases and norm weights."""
+    decay, exempt = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lowered = name.lower()
+        (exempt if any(tag in lowered for tag in no_decay) or p.ndim < 2 else decay).append((name, p))
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def _named_groups(params) -> tuple[nn.Module | None, list[dict]]:
+    if isinstance(params, nn.Module):
+        return params, [{"params": list(params.named_parameters())}]
+    items = list(params)
+    groups = [dict(g, params=list(g["params"])) for g in items] if items and isinstance(items[0], dict) else [
+        {"params": items}]
+    for g in groups:
+        for entry in g["params"]:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], torch.Tensor)):
+                raise TypeError("ZO optimizers need parameter names for stable noise keys: pass the model, "
+                                "model.named_parameters(), or groups whose 'params' are (name, parameter) pairs")
+    return None, groups
+
+
+def _loss_value(loss, what: str) -> float:
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the closure returned a non-finite loss ({value}) at {what}; "
+                                 "the weights were restored and no update was applied")
+    return value
+
+
+class _Shadow:
+    """Forward hooks that give each module perturbed weights just in time (see module docstring)."""
+
+    def __init__(self, module: nn.Module, key_of: dict[int, int], perturb: Callable):
+        self.perturb = perturb
+        self.owned: dict[nn.Module, list[tuple[str, torch.Tensor, int]]] = {}
+        for mod in module.modules():
+            direct = [(n, p, key_of[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in key_of]
+            if direct:
+                self.owned[mod] = direct
+        self.handles = []
+        for mod in self.owned:
+            self.handles.append(mod.register_forward_pre_hook(self._pre))
+            self.handles.append(mod.register_forward_hook(self._post))
+        self.active: tuple[int, float] | None = None
+        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self.temp_bytes = self.peak_temp_bytes = 0
+        self.ran: set[int] = set()
+
+    def _pre(self, mod, args):
+        if self.active is None:
+            return
+        seed, scale = self.active
+        for name, p, key in self.owned[mod]:
+            tmp = p.detach().clone()
+            self.perturb(tmp, seed, scale, key)
+            self.swapped.append((mod, name, mod._parameters[name]))
+            mod._parameters[name] = tmp
+            self.temp_bytes += tmp.numel() * tmp.element_size()
+            self.ran.add(id(p))
+        self.peak_temp_bytes = max(self.peak_temp_bytes, self.temp_bytes)
+
+    def _post(self, mod, args, output):
+        if self.active is not None:
+            self._restore(lambda m: m is mod, count=len(self.owned[mod]))
+
+    def _restore(self, which=lambda m: True, count=None):
+        keep, restored = [], 0
+        for entry in reversed(self.swapped):  # innermost (latest) first
+            mod, name, original = entry
+            if which(mod) and (count is None or restored < count):
+                tmp = mod._parameters[name]
+                self.temp_bytes -= tmp.numel() * tmp.element_size()
+                mod._parameters[name] = original
+                restored += 1
+            else:
+                keep.append(entry)
+        self.swapped = keep[::-1]
+
+    def loss(self, closure, seed: int, scale: float):
+        self.active = (seed, scale)
+        try:
+            return closure()
+        finally:
+            self._restore()  # also after an exception inside the forward
+            self.active = None
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class ZOSGD(torch.optim.Optimizer):
+    """ZO-SGD (MeZO) with fused kernels; see the module docstring for modes.
+
+    Args:
+        params: the model (required for mode="shadow"), `model.named_parameters()`, or param groups
+            whose "params" are (name, parameter) pairs. Only parameters with requires_grad train.
+        lr, weight_decay: per group. eps: the perturbation scale (one for all groups).
+        q: perturbations per step, averaged. dist: "gaussian", "rademacher" or "uniform".
+        one_sided: estimate (L(w + eps z) - L(w)) / eps (one extra forward per step, not per z).
+        sign: ZO-SGD-Sign, step along sign(g) z.
+        momentum: ZO-SGD-MMT. Keeps one float32 buffer per parameter (extra memory: 4 bytes per
+            trainable parameter) and materializes z one tensor at a time (temporary: the largest tensor).
+        rounding: "nearest" or "stochastic" for updates of bf16/fp16 weights.
+        seed: the run seed; step t uses derive_seed(seed, t, j) for j < q.
+        fuse_steps: in-place only; fuse each update with the next step's +eps (2 passes per step).
+            The weights are then perturbed between steps: call flush() before evaluating or saving
+            (state_dict() does).
+    """
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, *, mode="inplace",
+                 q: int = 1, dist: str = "gaussian", one_sided: bool = False, sign: bool = False,
+                 momentum: float = 0.0, rounding: str = "nearest", seed: int = 0, fuse_steps: bool = False,
+                 backend: str | None = None):
+        if mode not in ("inplace", "shadow"):
+            raise ValueError(f"mode must be 'inplace' or 'shadow', got {mode!r}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a positive finite number, got {eps}")
+        if not (lr >= 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a non-negative finite number, got {lr}")
+        if q < 1:
+            raise ValueError(f"q must be >= 1, got {q}")
+        if dist not in spec.PORTABLE_DISTS:
+            raise ValueError(f"dist must be one of {spec.PORTABLE_DISTS}, got {dist!r}")
+        if rounding not in spec.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {spec.ROUNDINGS}, got {rounding!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        module, groups = _named_groups(params)
+        if mode == "shadow" and module is None:
+            raise ValueError("mode='shadow' hooks the model's modules: construct with ZOSGD(model, mode='shadow')")
+        self.key_of: dict[int, int] = {}
+        names_of_key: dict[int, str] = {}
+        for g in groups:
+            named = [(n, p) for n, p in g["params"] if p.requires_grad]
+            g["names"] = [n for n, _ in named]
+            g["params"] = [p for _, p in named]
+            for n, p in named:
+                key = param_key(n)
+                if names_of_key.get(key, normalize_name(n)) != normalize_name(n):
+                    raise ValueError(f"parameters {names_of_key[key]!r} and {n!r} hash to the same noise key; "
+                                     "rename one of them")
+                names_of_key[key] = normalize_name(n)
+                self.key_of[id(p)] = key
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError("no trainable parameters (none has requires_grad=True)")
+        super().__init__(groups, dict(lr=lr, weight_decay=weight_decay))
+        self.eps, self.q, self.dist, self.one_sided, self.sign = eps, q, dist, one_sided, sign
+        self.momentum, self.rounding, self.seed, self.mode = momentum, rounding, seed, mode
+        self.backend = backend
+        if fuse_steps and (mode != "inplace" or self._materializes()):
+            raise ValueError("fuse_steps applies to plain in-place ZO-SGD (no momentum or Adam)")
+        self.fuse_steps = fuse_steps
+        self.step_count = 0
+        self.last_seeds: list[int] = []
+        self.last_projections: list[float] = []
+        self.stats: dict = {}
+        self._restore: list[tuple[int, float]] = []  # in-place: perturbation not yet undone
+        self._deferred: list[tuple[int, float]] = []  # fuse_steps: the last update, not yet written
+        self._shadow = _Shadow(module, self.key_of, self._perturb_one) if mode == "shadow" else None
+
+    def _materializes(self) -> bool:
+        """Whether the update needs z as a tensor (momentum, Adam) rather than a fused seed update."""
+        return self.momentum > 0
+
+    # ------------------------------------------------------------ kernel calls
+
+    def _perturb_one(self, tensor, seed, scale, key):
+        ops.perturb_(tensor, seed, scale, keys=key, dist=self.dist, backend=self.backend)
+
+    def _write(self, raw: list[tuple[int, float]], updates: list[tuple[int, float]] = ()) -> None:
+        """One pass over every trainable tensor: the raw (seed, coeff) pairs as given, then the update
+        pairs with coeff times the group's lr, rounding as configured when there is an update."""
+        if not raw and not updates:
+            return
+        rounding = self.rounding if updates else "nearest"
+        for g in self.param_groups:
+            pairs = list(raw) + [(s, c * g["lr"]) for s, c in updates]
+            ops.update_(g["params"], [s for s, _ in pairs], [c for _, c in pairs],
+                        keys=[self.key_of[id(p)] for p in g["params"]], dist=self.dist, rounding=rounding,
+                        backend=self.backend)
+        self.stats["weight_write_passes"] = self.stats.get("weight_write_passes", 0) + 1
+
+    # ------------------------------------------------------------ estimates
+
+    def _loss(self, closure, what: str, seed=None, scale=0.0) -> float:
+        self.stats["forwards"] = self.stats.get("forwards", 0) + 1
+        if self._shadow is not None and seed is not None:
+            return _loss_value(self._shadow.loss(closure, seed, scale), what)
+        try:
+            return _loss_value(closure(), what)
+        except BaseException:
+            self.flush()  # in-place: put the weights back before the error propagates
+            raise
+
+    def _projections(self, closure, seeds: list[int]) -> tuple[list[float], float]:
+        """g_j for each seed and the first loss; in-place mode leaves the last restore in self._restore."""
+        eps, t = self.eps, self.step_count
+        base = self._loss(closure, f"step {t}, unperturbed") if self.one_sided else None
+        proj, first = [], None
+        for s in seeds:
+            if self._shadow is not None:
+                lp = self._loss(closure, f"step {t}, +eps", s, eps)
+                lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps", s, -eps)
+            else:
+                self._write(self._deferred_and_restore() + [(s, eps)])
+                self._restore = [(s, -eps)]
+                lp = self._loss(closure, f"step {t}, +eps")
+                if not self.one_sided:
+                    self._write([(s, -2 * eps)])
+                    self._restore = [(s, eps)]
+                lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps")
+            proj.append((lp - lm) / (eps if self.one_sided else 2 * eps))
+            first = lp if first is None else first
+        return proj, base if self.one_sided else first
+
+    def _deferred_and_restore(self) -> list[tuple[int, float]]:
+        """Pending in-place terms to fuse into the next write (the deferred update is lr-scaled per group,
+        so it can only be fused when all groups share one lr)."""
+        terms = self._restore
+        self._restore = []
+        if self._deferred:
+            lrs = {g["lr"] for g in self.param_groups}
+            if len(lrs) == 1:
+                terms = terms + [(s, c * lrs.pop()) for s, c in self._deferred]
+            else:
+                self._write([], self._deferred)
+            self._deferred = []
+        return terms
+
+    # ------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+        """One ZO step. The closure runs a forward on the batch and returns the loss; it is called
+        2q times (q + 1 when one_sided). Returns the loss at w + eps z_0 (at w when one_sided)."""
+        if closure is None:
+            raise ValueError("ZO optimizers need a closure that runs a forward and returns the loss")
+        self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
+        seeds = [derive_seed(self.seed, self.step_count, j) for j in range(self.q)]
+        proj, loss = self._projections(closure, seeds)
+        est = [(math.copysign(1.0, g) if g else 0.0) if self.sign else g for g in proj]
+        self._weight_decay()
+        updates = [(s, -e / self.q) for s, e in zip(seeds, est)]
+        if self._materializes():
+            self._write(self._restore)
+            self._restore = []
+            self._materialized_update(updates)
+        elif self.fuse_steps:
+            self._deferred = updates  # written with the next +eps (or by flush)
+        else:
+            self._write(self._restore, updates)
+            self._restore = []
+        self.last_seeds, self.last_projections = seeds, proj
+        self.step_count += 1
+        if self._shadow is not None:
+            self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], self._shadow.peak_temp_bytes)
+            self._shadow.peak_temp_bytes = 0
+        return loss
+
+    def _weight_decay(self) -> None:
+        for g in self.param_groups:
+            if g["weight_decay"]:
+                for p in g["params"]:
+                    p.mul_(1 - g["lr"] * g["weight_decay"])
+                self.stats["weight_write_passes"] += 1
+
+    def _direction(self, p: torch.Tensor, updates) -> torch.Tensor:
+        """sum_k coeff_k z_k for one tensor, in float32 (a temporary as large as p)."""
+        d = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        for s, c in updates:
+            d.add_(ops.noise(p.shape, s, key=self.key_of[id(p)], dist=self.dist, device=p.device,
+                             backend=self.backend), alpha=c)
+        self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], 2 * d.numel() * 4)
+        return d
+
+    def _materialized_update(self, updates) -> None:
+        """ZO-SGD-MMT: m = momentum * m + d; w -= lr * m (d = -sum_j est_j z_j / q, so w += lr * m)."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros(p.shape, dtype=torch.float32,
+                                                                              device=p.device))
+                buf.mul_(self.momentum).add_(self._direction(p, updates))
+                p.copy_(p.float().add_(buf, alpha=g["lr"]))
+        self.stats["weight_write_passes"] += 1
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Write whatever in-place mode deferred (fuse_steps, or a step aborted by an error)."""
+        terms = self._deferred_and_restore()
+        self._write(terms)
+
+    @torch.no_grad()
+    def projection(self, seed: int, closure: Callable[[], torch.Tensor]) -> float:
+        """The projected gradient along z(seed) on the closure's batch; the weights are left as they were
+        (exactly in shadow mode, up to rounding in place)."""
+        self.flush()
+        self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
+        g = self._projections(closure, [seed])[0][0]
+        self.flush()
+        return g
+
+    @torch.no_grad()
+    def apply_updates(self, seeds: list[int], coeffs: list[float]) -> None:
+        """w += coeff_k * z(seed_k) for each pair in order, in one pass (coefficients as given, no lr)."""
+        self.flush()
+        self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
+        if len(seeds) != len(coeffs):
+            raise ValueError(f"got {len(seeds)} seeds but {len(coeffs)} coeffs")
+        for g in self.param_groups:
+            ops.update_(g["params"], list(seeds), list(coeffs), keys=[self.key_of[id(p)] for p in g["params"]],
+                        dist=self.dist, rounding=self.rounding, backend=self.backend)
+        self.stats["weight_write_passes"] = 1
+
+    def state_dict(self):
+        self.flush()
+        sd = super().state_dict()
+        sd["zo"] = dict(step_count=self.step_count, seed=self.seed, spec_version=spec.SPEC_VERSION)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        zo = state_dict.get("zo")
+        if zo is None or zo.get("spec_version") != spec.SPEC_VERSION:
+            raise ValueError("not a zokernels ZO optimizer state for this noise spec version")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "zo"})
+        self.step_count, self.seed = zo["step_count"], zo["seed"]
+
+    def close(self) -> None:
+        """Remove shadow-mode hooks (the model then runs unperturbed forwards as usual)."""
+        if self._shadow is not None:
+            self._shadow.remove()
+            self._shadow = None
+
+
+class ZOAdam(ZOSGD):
+    """ZO-Adam: Adam moments on the ZO direction d = -mean_j(g_j z_j). Keeps two float32 buffers per
+    parameter (extra memory: 8 bytes per trainable parameter) and materializes z one tensor at a time."""
+
+    def __init__(self, params, lr: float = 1e-4, eps: float = 1e-3, weight_decay: float = 0.0, *,
+                 betas=(0.9, 0.999), adam_eps: float = 1e-8, **kw):
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        self.betas, self.adam_eps = betas, adam_eps
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, **kw)
+
+    def _materializes(self) -> bool:
+        return True
+
+    def _materialized_update(self, updates) -> None:
+        b1, b2 = self.betas
+        t = self.step_count + 1
+        for g in self.param_groups:
+            for p in g["params"]:
+                st = self.state[p]
+                m = st.setdefault("exp_avg", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
+                v = st.setdefault("exp_avg_sq", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
+                d = self._direction(p, updates)  # the descent direction (-gradient estimate)
+                m.mul_(b1).add_(d, alpha=1 - b1)
+                v.mul_(b2).addcmul_(d, d, value=1 - b2)
+                step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(self.adam_eps))
+                p.copy_(p.float().add_(step, alpha=g["lr"]))
+        self.stats["weight_write_passes"] += 1
