@@ -57,7 +57,8 @@ static inline void rounding_bits_tile(uint64_t seed, uint32_t key, uint64_t g0, 
 }
 
 struct TensorArg {
-  uintptr_t ptr;
+  uintptr_t ptr;  // destination
+  uintptr_t src;  // where w is read from: ptr itself (in place) or another tensor of the same shape
   int64_t numel;
   uint64_t offset;  // global index of element 0 within the logical tensor
   uint32_t key;
@@ -103,8 +104,9 @@ template <typename Widen, typename Narrow, typename NarrowSR>
 static inline void update_tile_16(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const float *coeffs,
                                   int K, int dist, bool stochastic, Widen widen, Narrow narrow, NarrowSR narrow_sr) {
   uint16_t *p = reinterpret_cast<uint16_t *>(t.ptr) + s.start;
+  const uint16_t *q = reinterpret_cast<const uint16_t *>(t.src) + s.start;
   float w[TILE];
-  for (int64_t i = s.lo; i < s.hi; ++i) w[i] = widen(p[i]);
+  for (int64_t i = s.lo; i < s.hi; ++i) w[i] = widen(q[i]);
   if (stochastic)
     apply_seeds<true>(w, t, s, seeds, coeffs, K, dist, [&](float v, uint32_t r) { return widen(narrow_sr(v, r)); });
   else
@@ -116,7 +118,7 @@ static inline void update_tile_16(const TensorArg &t, const TileSpan &s, const u
 // Philox arithmetic instead of following it (worth ~15% on a 2-core machine).
 static inline void prefetch_tile(const TensorArg &t, const TileSpan &s) {
   const int64_t bytes = t.dtype == F32 ? 4 : 2;
-  const char *base = reinterpret_cast<const char *>(t.ptr) + (s.start + s.lo) * bytes;
+  const char *base = reinterpret_cast<const char *>(t.src) + (s.start + s.lo) * bytes;
   const int64_t n = (s.hi - s.lo) * bytes;
   for (int64_t off = 0; off < n; off += 64) __builtin_prefetch(base + off, 1, 3);
 }
@@ -127,8 +129,13 @@ static void update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds,
   prefetch_tile(t, s);
   const bool sr = rounding == STOCHASTIC;
   if (t.dtype == F32) {
-    // float32 parameters have no rounding step: update them where they lie
+    // float32 parameters have no rounding step: update them where they lie (after copying the tile
+    // from its source, which stays in L1: still one pass over memory)
     float *p = reinterpret_cast<float *>(t.ptr) + s.start;
+    if (t.src != t.ptr) {
+      const float *q = reinterpret_cast<const float *>(t.src) + s.start;
+      for (int64_t i = s.lo; i < s.hi; ++i) p[i] = q[i];
+    }
     apply_seeds<false>(p, t, s, seeds, coeffs, K, dist, [](float v, uint32_t) { return v; });
   } else if (t.dtype == BF16) {
     update_tile_16(
@@ -167,15 +174,16 @@ static void for_each_tile(const std::vector<TensorArg> &ts, int threads, Fn fn) 
 
 static std::vector<TensorArg> tensor_args(const std::vector<uintptr_t> &ptrs, const std::vector<int64_t> &numels,
                                           const std::vector<uint64_t> &offsets, const std::vector<uint32_t> &keys,
-                                          const std::vector<int> &dtypes) {
+                                          const std::vector<int> &dtypes, const std::vector<uintptr_t> &srcs = {}) {
   size_t n = ptrs.size();
-  if (numels.size() != n || offsets.size() != n || keys.size() != n || dtypes.size() != n)
-    throw std::invalid_argument("zokernels._C: ptrs, numels, offsets, keys and dtypes differ in length");
+  if (numels.size() != n || offsets.size() != n || keys.size() != n || dtypes.size() != n ||
+      (!srcs.empty() && srcs.size() != n))
+    throw std::invalid_argument("zokernels._C: ptrs, numels, offsets, keys, dtypes and srcs differ in length");
   std::vector<TensorArg> ts(n);
   for (size_t i = 0; i < n; ++i) {
     if (numels[i] < 0) throw std::invalid_argument("zokernels._C: negative numel");
     if (dtypes[i] < F32 || dtypes[i] > F16) throw std::invalid_argument("zokernels._C: unknown dtype code");
-    ts[i] = TensorArg{ptrs[i], numels[i], offsets[i], keys[i], dtypes[i]};
+    ts[i] = TensorArg{ptrs[i], srcs.empty() ? ptrs[i] : srcs[i], numels[i], offsets[i], keys[i], dtypes[i]};
   }
   return ts;
 }
@@ -193,20 +201,21 @@ PYBIND11_MODULE(_C, m) {
       "update",
       [](const std::vector<uintptr_t> &ptrs, const std::vector<int64_t> &numels, const std::vector<uint64_t> &offsets,
          const std::vector<uint32_t> &keys, const std::vector<int> &dtypes, const std::vector<uint64_t> &seeds,
-         const std::vector<float> &coeffs, int dist, int rounding, int threads) {
+         const std::vector<float> &coeffs, int dist, int rounding, int threads, const std::vector<uintptr_t> &srcs) {
         check_dist(dist);
         if (seeds.size() != coeffs.size()) throw std::invalid_argument("zokernels._C: seeds and coeffs differ in length");
-        auto ts = tensor_args(ptrs, numels, offsets, keys, dtypes);
+        auto ts = tensor_args(ptrs, numels, offsets, keys, dtypes, srcs);
         const int K = (int)seeds.size();
-        if (K == 0) return;
+        if (K == 0 && srcs.empty()) return;
         for_each_tile(ts, threads, [&](const TensorArg &t, int64_t tile) {
           update_tile(t, tile, seeds.data(), coeffs.data(), K, dist, rounding);
         });
       },
       py::arg("ptrs"), py::arg("numels"), py::arg("offsets"), py::arg("keys"), py::arg("dtypes"), py::arg("seeds"),
       py::arg("coeffs"), py::arg("dist"), py::arg("rounding"), py::arg("threads"),
-      py::call_guard<py::gil_scoped_release>(),
-      "In place: w = round(w + coeffs[k] * z(seeds[k])) for k in order, one pass over memory.");
+      py::arg("srcs") = std::vector<uintptr_t>{}, py::call_guard<py::gil_scoped_release>(),
+      "w = round(w + coeffs[k] * z(seeds[k])) for k in order, one pass over memory; w is read from srcs[i]\n"
+      "when given (a perturbed copy) and written to ptrs[i].");
   m.def(
       "noise",
       [](uintptr_t out, int64_t numel, uint64_t offset, uint64_t seed, uint32_t key, int dist, int threads) {

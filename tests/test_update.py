@@ -99,3 +99,41 @@ def test_requires_grad_parameters_update_in_place():
     zokernels.perturb_([p], 3, 1.0, keys=[0])
     assert torch.equal(p.detach(), zokernels.noise(10, 3))
     assert p.requires_grad and p.grad is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_sources_make_a_perturbed_copy_in_one_pass(backend, dtype, rounding):
+    """update_(dst, ..., sources=src) equals copying src to dst and updating dst in place; src is untouched."""
+    dev = device_for(backend)
+    src = [torch.randn(s, generator=torch.Generator().manual_seed(i)).to(dtype).to(dev)
+           for i, s in enumerate([(301,), (4, 7), (1,)])]
+    keep = [s.clone() for s in src]
+    dst = [torch.empty_like(s) for s in src]
+    zokernels.update_(dst, [5, 6], [0.1, -0.01], keys=[1, 2, 3], offsets=[0, 9, 2**32 - 1], sources=src,
+                      rounding=rounding, backend=backend)
+    ref = [s.clone() for s in src]
+    zokernels.update_(ref, [5, 6], [0.1, -0.01], keys=[1, 2, 3], offsets=[0, 9, 2**32 - 1], rounding=rounding,
+                      backend=backend)
+    for d, r, s, k in zip(dst, ref, src, keep):
+        assert torch.equal(bits(d), bits(r))
+        assert torch.equal(bits(s), bits(k))
+    # no seeds: a plain copy
+    out = [torch.zeros_like(s) for s in src]
+    zokernels.update_(out, [], [], keys=[1, 2, 3], sources=src, backend=backend)
+    assert all(torch.equal(bits(o), bits(s)) for o, s in zip(out, src))
+
+
+def test_sources_checks():
+    with pytest.raises(ValueError, match="sources\\[0\\] is \\(3,\\)"):
+        zokernels.perturb_([torch.zeros(4)], 1, 0.1, keys=[0], sources=[torch.zeros(3)])
+    with pytest.raises(ValueError, match="1 sources for 2 tensors"):
+        zokernels.perturb_([torch.zeros(4), torch.zeros(4)], 1, 0.1, keys=[0, 1], sources=[torch.zeros(4)])
+    buf = torch.zeros(8)
+    with pytest.raises(ValueError, match="overlaps"):
+        zokernels.perturb_([buf[:4], buf[4:]], 1, 0.1, keys=[0, 1], sources=[buf[4:], buf[:4]])
+    with pytest.raises(ValueError, match="partly overlaps"):
+        zokernels.perturb_([buf[:4]], 1, 0.1, keys=[0], sources=[buf[2:6]])
+    same = torch.ones(4)
+    zokernels.perturb_([same], 1, 0.1, keys=[0], sources=[same])  # its own source: in place
+    assert not torch.equal(same, torch.ones(4))

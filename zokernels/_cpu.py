@@ -39,7 +39,7 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str) -> Non
     require().noise(out.data_ptr(), out.numel(), offset, seed, key, DIST_CODES[dist], torch.get_num_threads())
 
 
-def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str) -> None:
+def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None) -> None:
     require().update(
         [t.data_ptr() for t in tensors],
         [t.numel() for t in tensors],
@@ -51,4 +51,5 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str) -> 
         DIST_CODES[dist],
         1 if rounding == "stochastic" else 0,
         torch.get_num_threads(),
+        [t.data_ptr() for t in sources] if sources else [],
     )

@@ -33,9 +33,9 @@ class _TorchBackend:
         out.copy_(reference.noise(out.numel(), seed, key, offset, dist, out.device).view(out.shape))
 
     @staticmethod
-    def update_(tensors, seeds, coeffs, keys, offsets, dist, rounding):
-        for t, key, off in zip(tensors, keys, offsets):
-            reference.update_(t, seeds, coeffs, key, off, dist, rounding)
+    def update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources=None):
+        for i, (t, key, off) in enumerate(zip(tensors, keys, offsets)):
+            reference.update_(t, seeds, coeffs, key, off, dist, rounding, sources[i] if sources else None)
 
 
 def _triton_module():
@@ -192,13 +192,24 @@ def _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding):
     return tensors, seeds, coeffs, keys, offsets
 
 
-def _check_no_overlap(tensors: Sequence[torch.Tensor]) -> None:
-    """Two views of the same memory would be updated twice (tied weights?) and race in parallel loops."""
-    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors)
-                   if t.numel())
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+
+def _check_no_overlap(tensors: Sequence[torch.Tensor], sources: Sequence[torch.Tensor] = ()) -> None:
+    """Two views of the same memory would be updated twice (tied weights?) and race in parallel loops;
+    a source may be its own destination but must not overlap any other destination."""
+    spans = sorted((*_span(t), i) for i, t in enumerate(tensors) if t.numel())
     for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
         if start < end:
             raise ValueError(f"tensors[{i}] and tensors[{j}] overlap in memory (tied weights?); pass each storage once")
+    for j, src in enumerate(sources):
+        (a, b), (c, d) = _span(src), _span(tensors[j])
+        if src.numel() and (a, b) != (c, d) and a < d and c < b:
+            raise ValueError(f"sources[{j}] partly overlaps tensors[{j}]")
+        for lo, hi, i in spans:
+            if i != j and src.numel() and a < hi and lo < b:
+                raise ValueError(f"sources[{j}] overlaps tensors[{i}]")
 
 
 # ---------------------------------------------------------------- torch.library ops
@@ -215,14 +226,19 @@ def _from_i64(seed: int) -> int:
 
 @torch.library.custom_op("zokernels::update_", mutates_args=("tensors",))
 def _update_op(tensors: list[torch.Tensor], seeds: list[int], coeffs: list[float], keys: list[int],
-               offsets: list[int], dist: str, rounding: str, backend: str) -> None:
-    _check_no_overlap(tensors)
+               offsets: list[int], dist: str, rounding: str, backend: str, sources: list[torch.Tensor]) -> None:
+    _check_no_overlap(tensors, sources)
     with torch.no_grad():
-        _backend(backend).update_(tensors, [_from_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding)
+        if not seeds:  # a plain copy: nothing to round
+            for t, src in zip(tensors, sources):
+                t.copy_(src)
+            return
+        _backend(backend).update_(tensors, [_from_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding,
+                                  sources or None)
 
 
 @_update_op.register_fake
-def _(tensors, seeds, coeffs, keys, offsets, dist, rounding, backend) -> None:
+def _(tensors, seeds, coeffs, keys, offsets, dist, rounding, backend, sources) -> None:
     return None
 
 
@@ -264,24 +280,41 @@ def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gauss
     return torch.ops.zokernels.noise(shape, _to_i64(seed), key, offset, dist, device, name)
 
 
-def update_(tensors, seeds, coeffs, *, keys, offsets=None, dist: str = "gaussian", rounding: str = "nearest",
-            backend: str | None = None):
-    """In place, for each tensor and each (seed, coeff) in order: w = round(w + float32(coeff) * z(seed)).
+def _check_sources(sources, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    if sources is None:
+        return []
+    sources = _check_tensors(sources)
+    if len(sources) != len(tensors):
+        raise ValueError(f"got {len(sources)} sources for {len(tensors)} tensors; pass one per tensor")
+    for i, (src, t) in enumerate(zip(sources, tensors)):
+        if src.shape != t.shape or src.dtype != t.dtype or src.device != t.device:
+            raise ValueError(f"sources[{i}] is {tuple(src.shape)} {src.dtype} on {src.device} but tensors[{i}] is "
+                             f"{tuple(t.shape)} {t.dtype} on {t.device}")
+    return sources
+
+
+def update_(tensors, seeds, coeffs, *, keys, offsets=None, sources=None, dist: str = "gaussian",
+            rounding: str = "nearest", backend: str | None = None):
+    """For each tensor and each (seed, coeff) in order: w = round(w + float32(coeff) * z(seed)).
 
     All K pairs are applied in ONE pass over memory, rounding to the tensor's dtype after each, so the
     result is bit-identical to K `perturb_` calls. `keys` gives each tensor's stable noise key;
     `offsets` (default 0) the global index of its first element, for shards of a larger tensor.
-    Returns `tensors`.
+    With `sources`, w is read from sources[i] and the result written to tensors[i] (a perturbed copy
+    in the same single pass); otherwise the tensors are updated in place. Returns `tensors`.
     """
     ts, seeds, coeffs, keys, offsets = _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding)
-    if ts and seeds:
+    srcs = _check_sources(sources, ts)
+    if ts and (seeds or srcs):
         name = _resolve(backend, ts[0].device, dist)
-        torch.ops.zokernels.update_(ts, [_to_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding, name)
+        torch.ops.zokernels.update_(ts, [_to_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding, name,
+                                    srcs)
     return tensors
 
 
-def perturb_(tensors, seed: int, scale: float, *, keys, offsets=None, dist: str = "gaussian",
+def perturb_(tensors, seed: int, scale: float, *, keys, offsets=None, sources=None, dist: str = "gaussian",
              rounding: str = "nearest", backend: str | None = None):
-    """In place, for each tensor: w = round(w + float32(scale) * z(seed)). Returns `tensors`."""
-    return update_(tensors, [seed], [scale], keys=keys, offsets=offsets, dist=dist, rounding=rounding,
-                   backend=backend)
+    """For each tensor: w = round(w + float32(scale) * z(seed)), in place or from `sources` (see update_).
+    Returns `tensors`."""
+    return update_(tensors, [seed], [scale], keys=keys, offsets=offsets, sources=sources, dist=dist,
+                   rounding=rounding, backend=backend)

@@ -82,11 +82,48 @@ def _loss_value(loss, what: str) -> float:
     return value
 
 
+class _Arena:
+    """A stack allocator over one byte buffer per device for shadow-mode copies.
+
+    Modules run one after another (nesting is rare), so the live copies fit in about the largest
+    module's bytes; reusing one buffer across forwards also spares the page faults of allocating a
+    fresh tensor as large as an embedding for every forward.
+    """
+
+    def __init__(self):
+        self.bufs: dict[torch.device, torch.Tensor] = {}
+        self.top: dict[torch.device, int] = {}
+        self.outside = 0  # bytes of nested copies that did not fit the buffer
+
+    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+        dev, nbytes = like.device, like.numel() * like.element_size()
+        top = self.top.get(dev, 0)
+        start = (top + 63) // 64 * 64
+        buf = self.bufs.get(dev)
+        if buf is None or start + nbytes > buf.numel():
+            if top:  # a copy is live in the buffer: this nested one lives on its own
+                self.outside += nbytes
+                return torch.empty_like(like), -1
+            buf = self.bufs[dev] = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+            start = 0
+        self.top[dev] = start + nbytes
+        return buf[start:start + nbytes].view(like.dtype).view(like.shape), top
+
+    def give_back(self, tensor: torch.Tensor, mark: int) -> None:
+        if mark < 0:
+            self.outside -= tensor.numel() * tensor.element_size()
+        else:
+            self.top[tensor.device] = mark
+
+    def in_use(self) -> int:
+        return sum(self.top.values()) + self.outside
+
+
 class _Shadow:
     """Forward hooks that give each module perturbed weights just in time (see module docstring)."""
 
-    def __init__(self, module: nn.Module, key_of: dict[int, int], perturb: Callable):
-        self.perturb = perturb
+    def __init__(self, module: nn.Module, key_of: dict[int, int], update: Callable):
+        self.update = update
         self.owned: dict[nn.Module, list[tuple[str, torch.Tensor, int]]] = {}
         for mod in module.modules():
             direct = [(n, p, key_of[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in key_of]
@@ -96,47 +133,44 @@ class _Shadow:
         for mod in self.owned:
             self.handles.append(mod.register_forward_pre_hook(self._pre))
             self.handles.append(mod.register_forward_hook(self._post))
+        self.arena = _Arena()
         self.active: tuple[int, float] | None = None
-        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
-        self.temp_bytes = self.peak_temp_bytes = 0
-        self.ran: set[int] = set()
+        self.swapped: list[tuple[nn.Module, list[tuple[str, torch.Tensor, torch.Tensor, int]]]] = []
+        self.peak_temp_bytes = 0
 
     def _pre(self, mod, args):
         if self.active is None:
             return
         seed, scale = self.active
+        entries = []
         for name, p, key in self.owned[mod]:
-            tmp = p.detach().clone()
-            self.perturb(tmp, seed, scale, key)
-            self.swapped.append((mod, name, mod._parameters[name]))
+            tmp, mark = self.arena.take(p)
+            entries.append((name, mod._parameters[name], tmp, mark))
+        # one fused pass: tmp = round(p + scale * z) for every parameter the module owns
+        self.update([e[2] for e in entries], [p for _, p, _ in self.owned[mod]], seed, scale,
+                    [k for _, _, k in self.owned[mod]])
+        for name, _, tmp, _ in entries:
             mod._parameters[name] = tmp
-            self.temp_bytes += tmp.numel() * tmp.element_size()
-            self.ran.add(id(p))
-        self.peak_temp_bytes = max(self.peak_temp_bytes, self.temp_bytes)
+        self.swapped.append((mod, entries))
+        self.peak_temp_bytes = max(self.peak_temp_bytes, self.arena.in_use())
 
     def _post(self, mod, args, output):
-        if self.active is not None:
-            self._restore(lambda m: m is mod, count=len(self.owned[mod]))
+        if self.active is not None and self.swapped and self.swapped[-1][0] is mod:
+            self._undo(self.swapped.pop())
 
-    def _restore(self, which=lambda m: True, count=None):
-        keep, restored = [], 0
-        for entry in reversed(self.swapped):  # innermost (latest) first
-            mod, name, original = entry
-            if which(mod) and (count is None or restored < count):
-                tmp = mod._parameters[name]
-                self.temp_bytes -= tmp.numel() * tmp.element_size()
-                mod._parameters[name] = original
-                restored += 1
-            else:
-                keep.append(entry)
-        self.swapped = keep[::-1]
+    def _undo(self, swap) -> None:
+        mod, entries = swap
+        for name, original, tmp, mark in reversed(entries):
+            mod._parameters[name] = original
+            self.arena.give_back(tmp, mark)
 
     def loss(self, closure, seed: int, scale: float):
         self.active = (seed, scale)
         try:
             return closure()
-        finally:
-            self._restore()  # also after an exception inside the forward
+        finally:  # also after an exception inside the forward
+            while self.swapped:
+                self._undo(self.swapped.pop())
             self.active = None
 
     def remove(self):
@@ -213,7 +247,7 @@ class ZOSGD(torch.optim.Optimizer):
         self.stats: dict = {}
         self._restore: list[tuple[int, float]] = []  # in-place: perturbation not yet undone
         self._deferred: list[tuple[int, float]] = []  # fuse_steps: the last update, not yet written
-        self._shadow = _Shadow(module, self.key_of, self._perturb_one) if mode == "shadow" else None
+        self._shadow = _Shadow(module, self.key_of, self._perturbed_copy) if mode == "shadow" else None
 
     def _materializes(self) -> bool:
         """Whether the update needs z as a tensor (momentum, Adam) rather than a fused seed update."""
@@ -221,8 +255,8 @@ class ZOSGD(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ kernel calls
 
-    def _perturb_one(self, tensor, seed, scale, key):
-        ops.perturb_(tensor, seed, scale, keys=key, dist=self.dist, backend=self.backend)
+    def _perturbed_copy(self, out, sources, seed, scale, keys):
+        ops.perturb_(out, seed, scale, keys=keys, sources=sources, dist=self.dist, backend=self.backend)
 
     def _write(self, raw: list[tuple[int, float]], updates: list[tuple[int, float]] = ()) -> None:
         """One pass over every trainable tensor: the raw (seed, coeff) pairs as given, then the update

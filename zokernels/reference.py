@@ -175,11 +175,13 @@ def round_stochastic(s: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> to
     return torch.where(nan, round_nearest(s, dtype), out_f)
 
 
-def update_(tensor: torch.Tensor, seeds, coeffs, key: int, offset: int, dist: str, rounding: str) -> None:
-    """In place: for each (seed, coeff) in order, w = round(w + float32(coeff) * z(seed))."""
+def update_(tensor: torch.Tensor, seeds, coeffs, key: int, offset: int, dist: str, rounding: str,
+            source: torch.Tensor | None = None) -> None:
+    """For each (seed, coeff) in order, w = round(w + float32(coeff) * z(seed)); w starts as `source`
+    (default: the tensor itself) and ends in `tensor`."""
     if tensor.numel() == 0:
         return
-    w = tensor.reshape(-1).to(torch.float32)
+    w = (tensor if source is None else source).reshape(-1).to(torch.float32)
     for seed, coeff in zip(seeds, coeffs):
         c = torch.tensor(coeff, dtype=torch.float32, device=tensor.device)
         s = w + c * noise(w.numel(), seed, key, offset, dist, tensor.device)

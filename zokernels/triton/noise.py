@@ -191,21 +191,22 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
                    STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(prog_ptr + pid)
-    row = meta_ptr + t * 5
+    row = meta_ptr + t * 6
     addr, numel, offset, key, first = tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(
         row + 4)
+    src = tl.load(row + 5)  # where w is read from: addr itself, or the source of a perturbed copy
     g = (offset >> 2) + (pid - first) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     j = (g * 4)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :] - offset  # tensor index of each element
     mask = (j >= 0) & (j < numel)
     if DTYPE == 0:
         ptr = addr.to(tl.pointer_type(tl.float32)) + j
-        w = tl.load(ptr, mask=mask, other=0.0)
+        w = tl.load(src.to(tl.pointer_type(tl.float32)) + j, mask=mask, other=0.0)
     elif DTYPE == 1:
         ptr = addr.to(tl.pointer_type(tl.uint16)) + j
-        w = _bf16_bits_to_f32(tl.load(ptr, mask=mask, other=0))
+        w = _bf16_bits_to_f32(tl.load(src.to(tl.pointer_type(tl.uint16)) + j, mask=mask, other=0))
     else:
         ptr = addr.to(tl.pointer_type(tl.float16)) + j
-        w = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(src.to(tl.pointer_type(tl.float16)) + j, mask=mask, other=0.0).to(tl.float32)
     for k in range(K):
         seed = tl.load(seeds_ptr + k).to(tl.uint64, bitcast=True)
         c = tl.load(coeffs_ptr + k)
@@ -252,18 +253,20 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, block:
         _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, enable_fp_fusion=False)
 
 
-def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, block: int = BLOCK_G) -> None:
+def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None,
+            block: int = BLOCK_G) -> None:
     if not tensors or not seeds:
         return
+    sources = sources or tensors
     device = tensors[0].device
     seeds_t = torch.tensor([_as_i64(s) for s in seeds], dtype=torch.int64, device=device)
     coeffs_t = torch.tensor(coeffs, dtype=torch.float32, device=device)
     for dtype, code in _DTYPE_CODES.items():
         rows, counts = [], []
-        for t, key, off in zip(tensors, keys, offsets):
+        for t, src, key, off in zip(tensors, sources, keys, offsets):
             n = _programs(t.numel(), off, block) if t.dtype == dtype else 0
             if n:
-                rows.append([t.data_ptr(), t.numel(), off, key, sum(counts)])
+                rows.append([t.data_ptr(), t.numel(), off, key, sum(counts), src.data_ptr()])
                 counts.append(n)
         if not rows:
             continue
