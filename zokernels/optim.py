@@ -195,12 +195,13 @@ class ZOSGD(torch.optim.Optimizer):
         fuse_steps: in-place only; fuse each update with the next step's +eps (2 passes per step).
             The weights are then perturbed between steps: call flush() before evaluating or saving
             (state_dict() does).
+        module: the model whose modules shadow mode hooks, when `params` are named groups.
     """
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, *, mode="inplace",
                  q: int = 1, dist: str = "gaussian", one_sided: bool = False, sign: bool = False,
                  momentum: float = 0.0, rounding: str = "nearest", seed: int = 0, fuse_steps: bool = False,
-                 backend: str | None = None):
+                 module: nn.Module | None = None, backend: str | None = None):
         if mode not in ("inplace", "shadow"):
             raise ValueError(f"mode must be 'inplace' or 'shadow', got {mode!r}")
         if not (eps > 0 and math.isfinite(eps)):
@@ -215,9 +216,11 @@ class ZOSGD(torch.optim.Optimizer):
             raise ValueError(f"rounding must be one of {spec.ROUNDINGS}, got {rounding!r}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        module, groups = _named_groups(params)
+        given, groups = _named_groups(params)
+        module = module or given
         if mode == "shadow" and module is None:
-            raise ValueError("mode='shadow' hooks the model's modules: construct with ZOSGD(model, mode='shadow')")
+            raise ValueError("mode='shadow' hooks the model's modules: construct with ZOSGD(model, mode='shadow') "
+                             "or pass module=model with named parameter groups")
         self.key_of: dict[int, int] = {}
         names_of_key: dict[int, str] = {}
         for g in groups:
