@@ -3,13 +3,16 @@
     python benchmarks/zo_step.py [--threads 2] [--steps 5] [--layers 12] [--table]
 
 The model is OPTForCausalLM built from transformers' default OPTConfig (the 125M shape) with random
-weights, batch 4, sequence 32, on CPU. Each variant runs in its own process so that its peak memory
-(ru_maxrss) can be compared with a plain inference forward in that process:
+weights, batch 4, sequence 32, on CPU. Step times are taken in one process, the variants' steps
+interleaved round-robin (each variant on its own copy of the model), so that machine noise hits
+them alike. Peak memory is measured per variant in a child process: the resident-set peak during three steps
+above the peak during plain inference forwards of the same model before the optimizer existed (so
+memory a variant keeps between steps, such as shadow mode's reusable buffer, counts). Variants:
   mezo           MeZO's zo_step + zo_update: torch.manual_seed + torch.normal per parameter, 4 passes
   inplace        ZOSGD(mode="inplace"): +eps, -2eps, restore+update fused (3 passes)
   inplace-fused  ZOSGD(mode="inplace", fuse_steps=True): 2 passes per step
   shadow         ZOSGD(mode="shadow"): perturbed copies per module, one weight write per step
-Step time is the median over --steps steps after one warm-up step.
+Step time is the median over --steps steps after one warm-up step of each.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -60,46 +64,82 @@ def mezo_step(model, closure, seed: int) -> None:
             p.data = p.data - LR * g * z
 
 
-def maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def child(variant: str, steps: int, layers: int) -> dict:
+def peak_rss(fn) -> int:
+    """Highest resident set size while fn runs, sampled every 0.2 ms by a thread (the tensors of
+    interest live for milliseconds at least)."""
+    peak, done = [rss_bytes()], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.0002)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        th.join()
+    return max(peak[0], rss_bytes())
+
+
+def make_step(variant: str, model, ids):
     import zokernels
 
-    model, ids = build(layers)
     closure = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
-    with torch.no_grad():
-        closure()
-        closure()
-    base_rss = maxrss_bytes()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        closure()
-    forward_s = time.perf_counter() - t0
     if variant == "mezo":
-        step = lambda t: mezo_step(model, closure, t)  # noqa: E731
-        passes = 4
-    else:
-        opt = zokernels.ZOSGD(model, lr=LR, eps=EPS, mode="shadow" if variant == "shadow" else "inplace",
-                              fuse_steps=variant == "inplace-fused")
-        step = lambda t: opt.step(closure)  # noqa: E731
-    times = []
-    for t in range(steps + 1):
+        return (lambda t: mezo_step(model, closure, t)), None
+    opt = zokernels.ZOSGD(model, lr=LR, eps=EPS, mode="shadow" if variant == "shadow" else "inplace",
+                          fuse_steps=variant == "inplace-fused")
+    return (lambda t: opt.step(closure)), opt
+
+
+def memory_child(variant: str, layers: int) -> dict:
+    model, ids = build(layers)
+
+    def forward():
+        with torch.no_grad():
+            model(input_ids=ids, labels=ids)
+
+    inference_peak = max(peak_rss(forward) for _ in range(3))
+    step, opt = make_step(variant, model, ids)
+    step_peak = max(peak_rss(lambda: step(t)) for t in range(3))
+    return dict(extra_rss_bytes=max(0, step_peak - inference_peak),
+                peak_temp_bytes=opt.stats["peak_temp_bytes"] if opt else None)
+
+
+def timings(variants, steps: int, layers: int) -> list[dict]:
+    runs = {}
+    for v in variants:
+        model, ids = build(layers)
+        step, opt = make_step(v, model, ids)
+        step(0)  # warm-up
+        runs[v] = dict(step=step, opt=opt, model=model, times=[])
+    with torch.no_grad():
         t0 = time.perf_counter()
-        step(t)
-        times.append(time.perf_counter() - t0)
-    result = dict(variant=variant, step_s=statistics.median(times[1:]), forward_s=forward_s,
-                  extra_rss_bytes=maxrss_bytes() - base_rss,
-                  param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-                  largest_module_bytes=max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
-                                           for m in model.modules()))
-    if variant != "mezo":
-        result.update(weight_write_passes=opt.stats["weight_write_passes"],
-                      peak_temp_bytes=opt.stats["peak_temp_bytes"])
-    else:
-        result.update(weight_write_passes=passes, peak_temp_bytes=None)
-    return result
+        runs[variants[0]]["model"](input_ids=ids, labels=ids)
+        forward_s = time.perf_counter() - t0
+    for t in range(1, steps + 1):
+        for v in variants:
+            t0 = time.perf_counter()
+            runs[v]["step"](t)
+            runs[v]["times"].append(time.perf_counter() - t0)
+    results = []
+    for v in variants:
+        r, model = runs[v], runs[v]["model"]
+        results.append(dict(variant=v, step_s=statistics.median(r["times"]), forward_s=forward_s,
+                            weight_write_passes=r["opt"].stats["weight_write_passes"] if r["opt"] else 4,
+                            param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+                            largest_module_bytes=max(sum(p.numel() * p.element_size()
+                                                         for p in m.parameters(recurse=False))
+                                                     for m in model.modules())))
+    return results
 
 
 def main() -> None:
@@ -113,18 +153,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.layers)))
+        print(json.dumps(memory_child(args.child, args.layers)))
         return
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown or args.steps < 1 or args.layers < 1:
         ap.error(f"bad --variants {sorted(unknown)}" if unknown else "--steps and --layers must be >= 1")
-    results = []
-    for v in variants:
-        out = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps), "--layers",
-                              str(args.layers), "--threads", str(args.threads)], capture_output=True, text=True,
-                             check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = timings(variants, args.steps, args.layers)
+    for r in results:
+        out = subprocess.run([sys.executable, __file__, "--child", r["variant"], "--layers", str(args.layers),
+                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        r.update(json.loads(out.stdout.strip().splitlines()[-1]))
     by = {r["variant"]: r for r in results}
     for r in results:
         if "mezo" in by:

@@ -311,3 +311,25 @@ def test_seeds_are_pure_integer_hashing():
     with pytest.raises(ValueError):
         derive_seed(-1)
     assert math.isfinite(float(derive_seed(3)))
+
+
+def test_shadow_loss_equals_a_fully_perturbed_copy_with_gathered_embedding_rows():
+    """Shadow mode perturbs only the looked-up rows of an nn.Embedding (with their global offsets); the
+    loss it sees equals the loss of a model whose every weight was perturbed in full."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(1000, 8, padding_idx=0), nn.Linear(8, 3))
+    ids = torch.tensor([[0, 5, 999, 5], [17, 3, 3, 0]])
+    loss_fn = lambda m: m(ids).logsumexp(-1).mean()  # noqa: E731
+    reference = copy.deepcopy(model)
+    opt = zokernels.ZOSGD(model, lr=0.0, eps=1e-2, mode="shadow", seed=2)
+    loss = opt.step(lambda: loss_fn(model))
+    s = derive_seed(2, 0, 0)
+    with torch.no_grad():
+        for n, p in reference.named_parameters():
+            zokernels.perturb_(p, s, 1e-2, keys=param_key(n))
+    assert loss == loss_fn(reference).item()
+    # only the 5 distinct rows were copied, not the 1000-row table
+    assert opt.stats["peak_temp_bytes"] < 1000 * 8 * 4 // 10
+    assert model[0].padding_idx == 0 and model[0].weight.shape == (1000, 8)

@@ -140,7 +140,9 @@ class _Shadow:
 
     def _pre(self, mod, args):
         if self.active is None:
-            return
+            return None
+        if self._gatherable(mod, args):
+            return self._pre_embedding(mod, args)
         seed, scale = self.active
         entries = []
         for name, p, key in self.owned[mod]:
@@ -151,18 +153,43 @@ class _Shadow:
                     [k for _, _, k in self.owned[mod]])
         for name, _, tmp, _ in entries:
             mod._parameters[name] = tmp
-        self.swapped.append((mod, entries))
+        self.swapped.append((mod, entries, None))
         self.peak_temp_bytes = max(self.peak_temp_bytes, self.arena.in_use())
+        return None
+
+    def _gatherable(self, mod, args) -> bool:
+        """A plain nn.Embedding looking up fewer than half its rows: perturbing only those rows is cheaper."""
+        return (type(mod) is nn.Embedding and mod.max_norm is None and len(self.owned[mod]) == 1 and args
+                and isinstance(args[0], torch.Tensor) and args[0].numel() * 2 < mod.num_embeddings)
+
+    def _pre_embedding(self, mod, args):
+        """Swap in a table of just the looked-up rows, perturbed with their global element offsets (so
+        they equal the same rows of a fully perturbed table), and remap the indices into it."""
+        seed, scale = self.active
+        name, p, key = self.owned[mod][0]
+        rows, inverse = torch.unique(args[0], return_inverse=True)
+        dim = p.shape[1]
+        table, mark = self.arena.take(p[: rows.numel()])
+        row_ids = rows.tolist()
+        self.update([table[i] for i in range(len(row_ids))], [p[r] for r in row_ids], seed, scale,
+                    [key] * len(row_ids), [r * dim for r in row_ids])
+        self.swapped.append((mod, [(name, mod._parameters[name], table, mark)], mod.padding_idx))
+        mod._parameters[name] = table
+        mod.padding_idx = None  # only affects gradients, and an index into the full table is out of range here
+        self.peak_temp_bytes = max(self.peak_temp_bytes, self.arena.in_use())
+        return (inverse.view_as(args[0]),) + tuple(args[1:])
 
     def _post(self, mod, args, output):
         if self.active is not None and self.swapped and self.swapped[-1][0] is mod:
             self._undo(self.swapped.pop())
 
     def _undo(self, swap) -> None:
-        mod, entries = swap
+        mod, entries, padding_idx = swap
         for name, original, tmp, mark in reversed(entries):
             mod._parameters[name] = original
             self.arena.give_back(tmp, mark)
+        if padding_idx is not None:
+            mod.padding_idx = padding_idx
 
     def loss(self, closure, seed: int, scale: float):
         self.active = (seed, scale)
@@ -258,8 +285,9 @@ class ZOSGD(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ kernel calls
 
-    def _perturbed_copy(self, out, sources, seed, scale, keys):
-        ops.perturb_(out, seed, scale, keys=keys, sources=sources, dist=self.dist, backend=self.backend)
+    def _perturbed_copy(self, out, sources, seed, scale, keys, offsets=None):
+        ops.perturb_(out, seed, scale, keys=keys, offsets=offsets, sources=sources, dist=self.dist,
+                     backend=self.backend)
 
     def _write(self, raw: list[tuple[int, float]], updates: list[tuple[int, float]] = ()) -> None:
         """One pass over every trainable tensor: the raw (seed, coeff) pairs as given, then the update
