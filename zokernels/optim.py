@@ -122,8 +122,9 @@ class _Arena:
 class _Shadow:
     """Forward hooks that give each module perturbed weights just in time (see module docstring)."""
 
-    def __init__(self, module: nn.Module, key_of: dict[int, int], update: Callable):
+    def __init__(self, module: nn.Module, key_of: dict[int, int], ratio_of: dict[int, float], update: Callable):
         self.update = update
+        self.ratio_of = ratio_of  # each parameter's eps relative to the optimizer's (param groups may differ)
         self.owned: dict[nn.Module, list[tuple[str, torch.Tensor, int]]] = {}
         for mod in module.modules():
             direct = [(n, p, key_of[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in key_of]
@@ -148,9 +149,13 @@ class _Shadow:
         for name, p, key in self.owned[mod]:
             tmp, mark = self.arena.take(p)
             entries.append((name, mod._parameters[name], tmp, mark))
-        # one fused pass: tmp = round(p + scale * z) for every parameter the module owns
-        self.update([e[2] for e in entries], [p for _, p, _ in self.owned[mod]], seed, scale,
-                    [k for _, _, k in self.owned[mod]])
+        # one fused pass per eps ratio (almost always one): tmp = round(p + scale * ratio * z)
+        by_ratio: dict[float, list] = {}
+        for (_, p, key), entry in zip(self.owned[mod], entries):
+            by_ratio.setdefault(self.ratio_of[id(p)], []).append((entry[2], p, key))
+        for ratio, items in by_ratio.items():
+            self.update([t for t, _, _ in items], [p for _, p, _ in items], seed, scale * ratio,
+                        [k for _, _, k in items])
         for name, _, tmp, _ in entries:
             mod._parameters[name] = tmp
         self.swapped.append((mod, entries, None))
@@ -171,8 +176,8 @@ class _Shadow:
         dim = p.shape[1]
         table, mark = self.arena.take(p[: rows.numel()])
         row_ids = rows.tolist()
-        self.update([table[i] for i in range(len(row_ids))], [p[r] for r in row_ids], seed, scale,
-                    [key] * len(row_ids), [r * dim for r in row_ids])
+        self.update([table[i] for i in range(len(row_ids))], [p[r] for r in row_ids], seed,
+                    scale * self.ratio_of[id(p)], [key] * len(row_ids), [r * dim for r in row_ids])
         self.swapped.append((mod, [(name, mod._parameters[name], table, mark)], mod.padding_idx))
         mod._parameters[name] = table
         mod.padding_idx = None  # only affects gradients, and an index into the full table is out of range here
@@ -211,7 +216,9 @@ class ZOSGD(torch.optim.Optimizer):
     Args:
         params: the model (required for mode="shadow"), `model.named_parameters()`, or param groups
             whose "params" are (name, parameter) pairs. Only parameters with requires_grad train.
-        lr, weight_decay: per group. eps: the perturbation scale (one for all groups).
+        lr, eps, weight_decay: per group (eps: the perturbation scale; a group perturbed by eps_g
+            estimates its gradient as (L+ - L-) / (2 eps_g) z_g). The projections reported use the
+            optimizer's eps.
         q: perturbations per step, averaged. dist: "gaussian", "rademacher" or "uniform".
         one_sided: estimate (L(w + eps z) - L(w)) / eps (one extra forward per step, not per z).
         sign: ZO-SGD-Sign, step along sign(g) z.
@@ -264,7 +271,10 @@ class ZOSGD(torch.optim.Optimizer):
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise ValueError("no trainable parameters (none has requires_grad=True)")
-        super().__init__(groups, dict(lr=lr, weight_decay=weight_decay))
+        for g in groups:
+            if "eps" in g and not (g["eps"] > 0 and math.isfinite(g["eps"])):
+                raise ValueError(f"a param group's eps must be a positive finite number, got {g['eps']}")
+        super().__init__(groups, dict(lr=lr, eps=eps, weight_decay=weight_decay))
         self.eps, self.q, self.dist, self.one_sided, self.sign = eps, q, dist, one_sided, sign
         self.momentum, self.rounding, self.seed, self.mode = momentum, rounding, seed, mode
         self.backend = backend
@@ -277,7 +287,8 @@ class ZOSGD(torch.optim.Optimizer):
         self.stats: dict = {}
         self._restore: list[tuple[int, float]] = []  # in-place: perturbation not yet undone
         self._deferred: list[tuple[int, float]] = []  # fuse_steps: the last update, not yet written
-        self._shadow = _Shadow(module, self.key_of, self._perturbed_copy) if mode == "shadow" else None
+        ratio_of = {id(p): self._eps_ratio(g) for g in self.param_groups for p in g["params"]}
+        self._shadow = _Shadow(module, self.key_of, ratio_of, self._perturbed_copy) if mode == "shadow" else None
 
     def _materializes(self) -> bool:
         """Whether the update needs z as a tensor (momentum, Adam) rather than a fused seed update."""
@@ -289,14 +300,24 @@ class ZOSGD(torch.optim.Optimizer):
         ops.perturb_(out, seed, scale, keys=keys, offsets=offsets, sources=sources, dist=self.dist,
                      backend=self.backend)
 
+    def _eps_ratio(self, g: dict) -> float:
+        return g["eps"] / self.eps
+
+    def _update_scale(self, g: dict) -> float:
+        """The factor on an update term for group g: its lr, and for a group perturbed by eps_g rather
+        than eps, eps / eps_g (the estimate of its gradient is (L+ - L-) / (2 eps_g) z_g)."""
+        return g["lr"] * (1.0 if self.sign else 1.0 / self._eps_ratio(g))
+
     def _write(self, raw: list[tuple[int, float]], updates: list[tuple[int, float]] = ()) -> None:
-        """One pass over every trainable tensor: the raw (seed, coeff) pairs as given, then the update
-        pairs with coeff times the group's lr, rounding as configured when there is an update."""
+        """One pass over every trainable tensor: the perturbation terms (coefficients in units of the
+        optimizer's eps, scaled to each group's eps), then the update terms (times _update_scale),
+        rounding as configured when there is an update."""
         if not raw and not updates:
             return
         rounding = self.rounding if updates else "nearest"
         for g in self.param_groups:
-            pairs = list(raw) + [(s, c * g["lr"]) for s, c in updates]
+            ratio, scale = self._eps_ratio(g), self._update_scale(g)
+            pairs = [(s, c * ratio) for s, c in raw] + [(s, c * scale) for s, c in updates]
             ops.update_(g["params"], [s for s, _ in pairs], [c for _, c in pairs],
                         keys=[self.key_of[id(p)] for p in g["params"]], dist=self.dist, rounding=rounding,
                         backend=self.backend)
@@ -324,7 +345,7 @@ class ZOSGD(torch.optim.Optimizer):
                 lp = self._loss(closure, f"step {t}, +eps", s, eps)
                 lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps", s, -eps)
             else:
-                self._write(self._deferred_and_restore() + [(s, eps)])
+                self._write(self._take_restore() + [(s, eps)], self._take_deferred())
                 self._restore = [(s, -eps)]
                 lp = self._loss(closure, f"step {t}, +eps")
                 if not self.one_sided:
@@ -335,18 +356,12 @@ class ZOSGD(torch.optim.Optimizer):
             first = lp if first is None else first
         return proj, base if self.one_sided else first
 
-    def _deferred_and_restore(self) -> list[tuple[int, float]]:
-        """Pending in-place terms to fuse into the next write (the deferred update is lr-scaled per group,
-        so it can only be fused when all groups share one lr)."""
-        terms = self._restore
-        self._restore = []
-        if self._deferred:
-            lrs = {g["lr"] for g in self.param_groups}
-            if len(lrs) == 1:
-                terms = terms + [(s, c * lrs.pop()) for s, c in self._deferred]
-            else:
-                self._write([], self._deferred)
-            self._deferred = []
+    def _take_restore(self) -> list[tuple[int, float]]:
+        terms, self._restore = self._restore, []
+        return terms
+
+    def _take_deferred(self) -> list[tuple[int, float]]:
+        terms, self._deferred = self._deferred, []
         return terms
 
     # ------------------------------------------------------------ public API
@@ -364,14 +379,12 @@ class ZOSGD(torch.optim.Optimizer):
         self._weight_decay()
         updates = [(s, -e / self.q) for s, e in zip(seeds, est)]
         if self._materializes():
-            self._write(self._restore)
-            self._restore = []
+            self._write(self._take_restore())
             self._materialized_update(updates)
         elif self.fuse_steps:
             self._deferred = updates  # written with the next +eps (or by flush)
         else:
-            self._write(self._restore, updates)
-            self._restore = []
+            self._write(self._take_restore(), updates)
         self.last_seeds, self.last_projections = seeds, proj
         self.step_count += 1
         if self._shadow is not None:
@@ -401,15 +414,15 @@ class ZOSGD(torch.optim.Optimizer):
             for p in g["params"]:
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros(p.shape, dtype=torch.float32,
                                                                               device=p.device))
-                buf.mul_(self.momentum).add_(self._direction(p, updates))
+                buf.mul_(self.momentum).add_(self._direction(p, updates), alpha=self._update_scale(g) / g["lr"]
+                                             if g["lr"] else 1.0)
                 p.copy_(p.float().add_(buf, alpha=g["lr"]))
         self.stats["weight_write_passes"] += 1
 
     @torch.no_grad()
     def flush(self) -> None:
         """Write whatever in-place mode deferred (fuse_steps, or a step aborted by an error)."""
-        terms = self._deferred_and_restore()
-        self._write(terms)
+        self._write(self._take_restore(), self._take_deferred())
 
     @torch.no_grad()
     def projection(self, seed: int, closure: Callable[[], torch.Tensor]) -> float:
@@ -476,6 +489,8 @@ class ZOAdam(ZOSGD):
                 m = st.setdefault("exp_avg", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
                 v = st.setdefault("exp_avg_sq", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
                 d = self._direction(p, updates)  # the descent direction (-gradient estimate)
+                if not self.sign:
+                    d.div_(self._eps_ratio(g))
                 m.mul_(b1).add_(d, alpha=1 - b1)
                 v.mul_(b2).addcmul_(d, d, value=1 - b2)
                 step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(self.adam_eps))
