@@ -210,8 +210,8 @@ def test_per_group_eps_scales_perturbation_and_estimate():
     opt.step(_closure(model, x, y))
     z = zokernels.noise(w0.shape, opt.last_seeds[0], key=param_key("0.weight"))
     assert torch.allclose(model[0].weight.detach() - w0, -1e-2 * opt.last_projections[0] * 0.5 * z, atol=1e-7)
-        with pytest.raises(ValueError, match="group's eps"):
-            zokernels.ZOSGD([{"params": list(model.named_parameters()), "eps": 0.0}])
+    with pytest.raises(ValueError, match="group's eps"):
+        zokernels.ZOSGD([{"params": list(model.named_parameters()), "eps": 0.0}])
 
 
 def test_param_groups_and_weight_decay_helper():
