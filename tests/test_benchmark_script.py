@@ -27,3 +27,19 @@ def test_kernels_script_prints_json_report():
 def test_kernels_script_rejects_bad_arguments():
     out = subprocess.run([sys.executable, str(SCRIPT), "--scale", "0"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "--scale" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("cpu" not in zokernels.backends(), reason="C++ extension not built")
+def test_zo_step_script_prints_json_report():
+    pytest.importorskip("transformers")
+    script = SCRIPT.with_name("zo_step.py")
+    out = subprocess.run([sys.executable, str(script), "--layers", "1", "--steps", "1", "--threads", "1",
+                          "--variants", "inplace,shadow"], capture_output=True, text=True, timeout=900, check=True)
+    report = json.loads(out.stdout)
+    by = {r["variant"]: r for r in report["results"]}
+    assert set(by) == {"inplace", "shadow"}
+    assert by["inplace"]["weight_write_passes"] == 3 and by["shadow"]["weight_write_passes"] == 1
+    assert by["inplace"]["peak_temp_bytes"] == 0
+    assert by["shadow"]["peak_temp_bytes"] == by["shadow"]["largest_module_bytes"]
+    assert by["shadow"]["time_vs_inplace"] == pytest.approx(by["shadow"]["step_s"] / by["inplace"]["step_s"])

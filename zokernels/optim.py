@@ -223,7 +223,8 @@ class ZOSGD(torch.optim.Optimizer):
         one_sided: estimate (L(w + eps z) - L(w)) / eps (one extra forward per step, not per z).
         sign: ZO-SGD-Sign, step along sign(g) z.
         momentum: ZO-SGD-MMT. Keeps one float32 buffer per parameter (extra memory: 4 bytes per
-            trainable parameter) and materializes z one tensor at a time (temporary: the largest tensor).
+            trainable parameter) and materializes z one tensor at a time (temporary: the largest tensor);
+            its update of 16-bit weights rounds to nearest.
         rounding: "nearest" or "stochastic" for updates of bf16/fp16 weights.
         seed: the run seed; step t uses derive_seed(seed, t, j) for j < q.
         fuse_steps: in-place only; fuse each update with the next step's +eps (2 passes per step).
@@ -303,10 +304,13 @@ class ZOSGD(torch.optim.Optimizer):
     def _eps_ratio(self, g: dict) -> float:
         return g["eps"] / self.eps
 
+    def _estimate_scale(self, g: dict) -> float:
+        """For a group perturbed by eps_g rather than eps, eps / eps_g: its gradient estimate is
+        (L+ - L-) / (2 eps_g) z_g. Sign steps have unit size whatever the eps."""
+        return 1.0 if self.sign else 1.0 / self._eps_ratio(g)
+
     def _update_scale(self, g: dict) -> float:
-        """The factor on an update term for group g: its lr, and for a group perturbed by eps_g rather
-        than eps, eps / eps_g (the estimate of its gradient is (L+ - L-) / (2 eps_g) z_g)."""
-        return g["lr"] * (1.0 if self.sign else 1.0 / self._eps_ratio(g))
+        return g["lr"] * self._estimate_scale(g)
 
     def _write(self, raw: list[tuple[int, float]], updates: list[tuple[int, float]] = ()) -> None:
         """One pass over every trainable tensor: the perturbation terms (coefficients in units of the
@@ -414,8 +418,7 @@ class ZOSGD(torch.optim.Optimizer):
             for p in g["params"]:
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros(p.shape, dtype=torch.float32,
                                                                               device=p.device))
-                buf.mul_(self.momentum).add_(self._direction(p, updates), alpha=self._update_scale(g) / g["lr"]
-                                             if g["lr"] else 1.0)
+                buf.mul_(self.momentum).add_(self._direction(p, updates), alpha=self._estimate_scale(g))
                 p.copy_(p.float().add_(buf, alpha=g["lr"]))
         self.stats["weight_write_passes"] += 1
 
@@ -488,9 +491,7 @@ class ZOAdam(ZOSGD):
                 st = self.state[p]
                 m = st.setdefault("exp_avg", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
                 v = st.setdefault("exp_avg_sq", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
-                d = self._direction(p, updates)  # the descent direction (-gradient estimate)
-                if not self.sign:
-                    d.div_(self._eps_ratio(g))
+                d = self._direction(p, updates).mul_(self._estimate_scale(g))  # descent direction
                 m.mul_(b1).add_(d, alpha=1 - b1)
                 v.mul_(b2).addcmul_(d, d, value=1 - b2)
                 step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(self.adam_eps))
