@@ -46,22 +46,26 @@ def timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def measure(dtype: torch.dtype, scale: float, reps: int, backend: str) -> tuple[list[dict], int]:
+    params = bert_like_params(dtype, scale)
+    keys = list(range(len(params)))
+    ours = timed(lambda: zokernels.perturb_(params, 1, 1e-3, keys=keys, backend=backend), reps)
+    mezo = timed(lambda: mezo_pass(params, 1, 1e-3), reps)
+    results = [dict(name=f"perturb_pass_{str(dtype).split('.')[1]}", ours_s=ours, mezo_s=mezo)]
+    if dtype == torch.float32:
+        seeds, coeffs = list(range(K_MULTI)), [1e-4] * K_MULTI
+        ours = timed(lambda: zokernels.update_(params, seeds, coeffs, keys=keys, backend=backend), reps)
+        mezo = timed(lambda: [mezo_pass(params, s, c) for s, c in zip(seeds, coeffs)], max(1, reps // 2))
+        results.append(dict(name=f"update_K{K_MULTI}_float32", ours_s=ours, mezo_s=mezo))
+    return results, sum(p.numel() for p in params)
+
+
 def run(threads: int, reps: int, scale: float, backend: str) -> dict:
     torch.set_num_threads(threads)
     results = []
     for dtype in (torch.float32, torch.bfloat16):
-        params = bert_like_params(dtype, scale)
-        keys = list(range(len(params)))
-        ours = timed(lambda: zokernels.perturb_(params, 1, 1e-3, keys=keys, backend=backend), reps)
-        mezo = timed(lambda: mezo_pass(params, 1, 1e-3), reps)
-        results.append(dict(name=f"perturb_pass_{str(dtype).split('.')[1]}", ours_s=ours, mezo_s=mezo))
-        if dtype == torch.float32:
-            seeds, coeffs = list(range(K_MULTI)), [1e-4] * K_MULTI
-            ours = timed(lambda: zokernels.update_(params, seeds, coeffs, keys=keys, backend=backend), reps)
-            mezo = timed(lambda: [mezo_pass(params, s, c) for s, c in zip(seeds, coeffs)], max(1, reps // 2))
-            results.append(dict(name=f"update_K{K_MULTI}_float32", ours_s=ours, mezo_s=mezo))
-        numel = sum(p.numel() for p in params)
-        del params
+        rows, numel = measure(dtype, scale, reps, backend)
+        results += rows
     for r in results:
         r["speedup"] = r["mezo_s"] / r["ours_s"]
     return dict(

@@ -146,7 +146,7 @@ class _Shadow:
             return self._pre_embedding(mod, args)
         seed, scale = self.active
         entries = []
-        for name, p, key in self.owned[mod]:
+        for name, p, _ in self.owned[mod]:
             tmp, mark = self.arena.take(p)
             entries.append((name, mod._parameters[name], tmp, mark))
         # one fused pass per eps ratio (almost always one): tmp = round(p + scale * ratio * z)
