@@ -1,0 +1,20 @@
+"""The seed schedule: pure integer hashing of (run seed, step, client, perturbation index).
+
+No torch RNG anywhere: the parameter server, every client and an orbit replay derive the same
+64-bit seeds from the same integers (splitmix64 chaining, zokernels.seeding).
+"""
+
+from __future__ import annotations
+
+from zokernels.seeding import derive_seed
+
+SHARED = 2**32 - 1  # the "client" of a seed every client shares (FeedSign's per-step direction)
+
+
+def step_seed(run_seed: int, step: int, client: int = SHARED, index: int = 0) -> int:
+    """The seed of perturbation `index` at `step`, for `client` (or SHARED for one seed all use)."""
+    for name, value, top in (("run_seed", run_seed, 2**64 - 1), ("step", step, 2**63 - 1),
+                             ("client", client, 2**32 - 1), ("index", index, 2**32 - 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise ValueError(f"{name} must be an integer in [0, {top}], got {value!r}")
+    return derive_seed(run_seed, step, client, index)
