@@ -1,0 +1,111 @@
+"""zofed.wire: exact sizes, round trips, byte accounting, and fuzzed decoders that only raise WireError."""
+
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zofed.wire import (FRAME_BYTES, ByteCounter, Checksum, Scalars, SeedScalars, Votes, WireError, decode,
+                        encode, payload_bits)
+
+steps = st.integers(0, 2**63 - 1)
+f32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+messages = st.one_of(
+    st.builds(Votes, steps, st.lists(st.sampled_from([1, -1]), max_size=70).map(tuple)),
+    st.builds(Scalars, steps, st.lists(f32, max_size=20).map(tuple)),
+    st.integers(0, 20).flatmap(lambda n: st.builds(
+        SeedScalars, steps, st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n).map(tuple),
+        st.lists(f32, min_size=n, max_size=n).map(tuple))),
+    st.builds(Checksum, steps, st.binary(min_size=16, max_size=16)),
+)
+
+
+def test_feedsign_vote_is_one_bit_of_payload():
+    frame = encode(Votes(41, (-1,)))
+    assert payload_bits(Votes(41, (-1,))) == 1
+    assert len(frame) == FRAME_BYTES + 12 + 1  # frame, step/count header, one byte holding the bit
+    assert decode(frame) == Votes(41, (-1,))
+    assert payload_bits(Votes(0, (1,) * 10_000)) == 10_000
+    assert len(encode(Votes(0, (1,) * 10_000))) == FRAME_BYTES + 12 + 1250  # bit-packed
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(msg=messages)
+def test_round_trip(msg):
+    out = decode(encode(msg))
+    assert out == msg if not isinstance(msg, (Scalars, SeedScalars)) else (
+        out.first_step == msg.first_step and out.values == tuple(struct.unpack(f"<{len(msg.values)}f",
+                                                                               struct.pack(f"<{len(msg.values)}f",
+                                                                                           *msg.values))))
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(data=st.binary(max_size=64))
+def test_random_bytes_give_wire_errors_only(data):
+    with pytest.raises(WireError):
+        decode(data)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(msg=messages, data=st.data())
+def test_truncated_extended_or_flipped_frames_are_refused(msg, data):
+    frame = bytearray(encode(msg))
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    with pytest.raises(WireError):
+        decode(bytes(frame[:cut]))
+    with pytest.raises(WireError, match="oversized|CRC"):
+        decode(bytes(frame) + b"\x00")
+    pos, bit = data.draw(st.integers(0, len(frame) - 1)), data.draw(st.integers(0, 7))
+    frame[pos] ^= 1 << bit
+    with pytest.raises(WireError):
+        decode(bytes(frame))
+
+
+def _reframe(kind, body, version=1):
+    head = struct.pack("<2sBBI", b"ZF", version, kind, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+@pytest.mark.parametrize("frame,match", [
+    (_reframe(1, struct.pack("<QI", 0, 3) + b"\xff"), "padding"),
+    (_reframe(1, struct.pack("<QI", 0, 9) + b"\xff"), "body is 13 bytes, its count says 14"),
+    (_reframe(2, struct.pack("<QI", 0, 1) + struct.pack("<f", float("nan"))), "non-finite"),
+    (_reframe(3, struct.pack("<QI", 0, 2**30)), "exceed the limit"),
+    (_reframe(1, struct.pack("<QI", 2**63, 0)), "step"),
+    (_reframe(9, b""), "unknown message type 9"),
+    (_reframe(1, struct.pack("<QI", 0, 0), version=2), "wire version 2"),
+    (b"XY" + _reframe(1, struct.pack("<QI", 0, 0))[2:], "magic"),
+    (_reframe(4, b"\x00" * 10), "Checksum body is 10 bytes"),
+    ("not bytes", "bytes"),
+])
+def test_clear_errors(frame, match):
+    with pytest.raises(WireError, match=match):
+        decode(frame)
+
+
+def test_encoder_refuses_bad_messages():
+    for bad in (Votes(0, (0,)), Votes(-1, ()), Scalars(0, (float("inf"),)), SeedScalars(0, (1,), ()),
+                SeedScalars(0, (2**64,), (1.0,)), Checksum(0, b"short")):
+        with pytest.raises(WireError):
+            encode(bad)
+
+
+def test_byte_counter_counts_exactly_what_was_encoded():
+    c = ByteCounter()
+    frames = [c.send(3, "up", Votes(t, (1,))) for t in range(5)] + [c.send(3, "down", Votes(0, (1, -1, 1)))]
+    up = c.client(3, "up")
+    assert up == dict(messages=5, bytes=sum(len(f) for f in frames[:5]), payload_bits=5,
+                      framing_bits=8 * sum(len(f) for f in frames[:5]) - 5)
+    assert c.client(3, "down")["payload_bits"] == 3
+    assert c.client(4, "up")["bytes"] == 0
+    with pytest.raises(ValueError, match="direction"):
+        c.send(3, "sideways", Votes(0, (1,)))
+
+
+def test_wire_imports_no_torch():
+    subprocess.run([sys.executable, "-c", "import sys, zofed.wire; assert 'torch' not in sys.modules"], check=True,
+                   timeout=120)

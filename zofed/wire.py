@@ -1,0 +1,239 @@
+"""Messages and their exact binary encoding (wire version 1). Imports no torch.
+
+Every message travels in one frame, little-endian:
+
+    offset  size  field
+    0       2     magic b"ZF"
+    2       1     wire version (1)
+    3       1     message type
+    4       4     body length n (bytes)
+    8       n     body (per type, below)
+    8 + n   4     CRC-32 of bytes 0 .. 8+n
+
+Accounting separates the *payload* (the protocol's content: a vote is 1 bit, a projection 32) from
+everything else (frame, step numbers, counts, padding), which is *framing*. Bodies:
+
+    Votes        first_step u64, count u32, count sign bits packed LSB-first (1 = +1), zero padding
+    Scalars      first_step u64, count u32, count float32 (one projection per step)
+    SeedScalars  first_step u64, count u32, count x (seed u64, value float32)
+    Checksum     step u64, 16-byte digest of a replica's weights
+
+Decoding checks magic, version, type, lengths, CRC, padding and finiteness, and raises WireError
+naming the problem; it never returns a silently wrong value.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Union
+
+MAGIC = b"ZF"
+WIRE_VERSION = 1
+_HEADER = struct.Struct("<2sBBI")
+_CRC = struct.Struct("<I")
+FRAME_BYTES = _HEADER.size + _CRC.size  # 12
+MAX_COUNT = 1 << 24  # entries per message; bounds what a corrupt count can make us allocate
+_RUN = struct.Struct("<QI")  # first_step, count
+
+
+class WireError(ValueError):
+    """A frame or body that does not decode: truncated, oversized, corrupt or from another version."""
+
+
+def _check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**63:
+        raise WireError(f"step must be an integer in [0, 2**63), got {step!r}")
+    return step
+
+
+def _check_count(count: int) -> int:
+    if count > MAX_COUNT:
+        raise WireError(f"{count} entries exceed the limit of {MAX_COUNT} per message")
+    return count
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Signs (+1/-1) for consecutive steps from first_step: 1 bit of payload each."""
+
+    first_step: int
+    signs: tuple[int, ...]
+    TYPE = 1
+
+    def body(self) -> tuple[bytes, int]:
+        _check_step(self.first_step)
+        n = _check_count(len(self.signs))
+        packed = bytearray((n + 7) // 8)
+        for i, s in enumerate(self.signs):
+            if s not in (1, -1):
+                raise WireError(f"a vote must be +1 or -1, got {s!r}")
+            if s == 1:
+                packed[i // 8] |= 1 << (i % 8)
+        return _RUN.pack(self.first_step, n) + bytes(packed), n
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Votes":
+        first, n = _run(body)
+        need = _RUN.size + (n + 7) // 8
+        _exact(body, need, "Votes")
+        packed = body[_RUN.size:]
+        if n % 8 and packed[-1] >> (n % 8):
+            raise WireError("Votes: padding bits after the last vote are not zero")
+        return cls(first, tuple(1 if packed[i // 8] >> (i % 8) & 1 else -1 for i in range(n)))
+
+
+@dataclass(frozen=True)
+class Scalars:
+    """One float32 projection per consecutive step from first_step: 32 bits of payload each."""
+
+    first_step: int
+    values: tuple[float, ...]
+    TYPE = 2
+
+    def body(self) -> tuple[bytes, int]:
+        _check_step(self.first_step)
+        n = _check_count(len(self.values))
+        _finite(self.values)
+        return _RUN.pack(self.first_step, n) + struct.pack(f"<{n}f", *self.values), 32 * n
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Scalars":
+        first, n = _run(body)
+        _exact(body, _RUN.size + 4 * n, "Scalars")
+        values = struct.unpack_from(f"<{n}f", body, _RUN.size)
+        _finite(values)
+        return cls(first, values)
+
+
+@dataclass(frozen=True)
+class SeedScalars:
+    """(seed, float32 value) pairs for consecutive steps: 96 bits of payload each."""
+
+    first_step: int
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+    TYPE = 3
+
+    def body(self) -> tuple[bytes, int]:
+        _check_step(self.first_step)
+        n = _check_count(len(self.seeds))
+        if len(self.values) != n:
+            raise WireError(f"SeedScalars: {n} seeds but {len(self.values)} values")
+        for s in self.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64:
+                raise WireError(f"a seed must be an integer in [0, 2**64), got {s!r}")
+        _finite(self.values)
+        pairs = b"".join(struct.pack("<Qf", s, v) for s, v in zip(self.seeds, self.values))
+        return _RUN.pack(self.first_step, n) + pairs, 96 * n
+
+    @classmethod
+    def parse(cls, body: bytes) -> "SeedScalars":
+        first, n = _run(body)
+        _exact(body, _RUN.size + 12 * n, "SeedScalars")
+        pairs = [struct.unpack_from("<Qf", body, _RUN.size + 12 * i) for i in range(n)]
+        values = tuple(v for _, v in pairs)
+        _finite(values)
+        return cls(first, tuple(s for s, _ in pairs), values)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A replica's 16-byte weight digest at a step: 128 bits of payload."""
+
+    step: int
+    digest: bytes
+    TYPE = 4
+
+    def body(self) -> tuple[bytes, int]:
+        _check_step(self.step)
+        if not isinstance(self.digest, bytes) or len(self.digest) != 16:
+            raise WireError("a checksum digest is 16 bytes")
+        return struct.pack("<Q", self.step) + self.digest, 128
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Checksum":
+        _exact(body, 24, "Checksum")
+        return cls(_check_step(struct.unpack_from("<Q", body)[0]), bytes(body[8:]))
+
+
+MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum)}
+Message = Union[Votes, Scalars, SeedScalars, Checksum]
+
+
+def _run(body: bytes) -> tuple[int, int]:
+    if len(body) < _RUN.size:
+        raise WireError(f"body of {len(body)} bytes is shorter than its {_RUN.size}-byte step/count header")
+    first, n = _RUN.unpack_from(body)
+    return _check_step(first), _check_count(n)
+
+
+def _exact(body: bytes, need: int, what: str) -> None:
+    if len(body) != need:
+        raise WireError(f"{what} body is {len(body)} bytes, its count says {need}")
+
+
+def _finite(values) -> None:
+    for v in values:
+        if not math.isfinite(v):
+            raise WireError(f"a projection is {v}: non-finite values are refused (NaN loss upstream?)")
+
+
+def encode(msg: Message) -> bytes:
+    """The frame of a message."""
+    body, _ = msg.body()
+    head = _HEADER.pack(MAGIC, WIRE_VERSION, msg.TYPE, len(body)) + body
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def payload_bits(msg: Message) -> int:
+    return msg.body()[1]
+
+
+def decode(frame: bytes) -> Message:
+    """The message in a frame; WireError for anything that is not exactly one valid frame."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise WireError(f"a frame is bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if len(frame) < FRAME_BYTES:
+        raise WireError(f"truncated frame: {len(frame)} bytes, a frame has at least {FRAME_BYTES}")
+    magic, version, kind, n = _HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise WireError(f"not a zofed frame (magic {magic!r})")
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version} is not supported (this is version {WIRE_VERSION})")
+    if kind not in MESSAGES:
+        raise WireError(f"unknown message type {kind}")
+    if len(frame) != FRAME_BYTES + n:
+        what = "truncated" if len(frame) < FRAME_BYTES + n else "oversized"
+        raise WireError(f"{what} frame: {len(frame)} bytes for a body of {n}")
+    (crc,) = _CRC.unpack_from(frame, _HEADER.size + n)
+    if crc != zlib.crc32(frame[: _HEADER.size + n]):
+        raise WireError("corrupt frame: CRC-32 mismatch")
+    return MESSAGES[kind].parse(frame[_HEADER.size: _HEADER.size + n])
+
+
+class ByteCounter:
+    """Exact traffic per (client, direction): bytes on the wire, payload bits, framing bits."""
+
+    def __init__(self):
+        self.totals = defaultdict(lambda: dict(messages=0, bytes=0, payload_bits=0, framing_bits=0))
+
+    def send(self, client: int, direction: str, msg: Message) -> bytes:
+        """Encode msg and count it; direction is "up" (client to server) or "down"."""
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        frame = encode(msg)
+        t = self.totals[(client, direction)]
+        bits = payload_bits(msg)
+        t["messages"] += 1
+        t["bytes"] += len(frame)
+        t["payload_bits"] += bits
+        t["framing_bits"] += 8 * len(frame) - bits
+        return frame
+
+    def client(self, client: int, direction: str) -> dict:
+        return dict(self.totals[(client, direction)])
