@@ -56,6 +56,11 @@ def _check_count(count: int) -> int:
     return count
 
 
+def _run_head(first_step, count: int) -> bytes:
+    """The checked (first_step, count) header that Votes, Scalars and SeedScalars bodies start with."""
+    return _RUN.pack(_check_step(first_step), _check_count(count))
+
+
 @dataclass(frozen=True)
 class Votes:
     """Signs (+1/-1) for consecutive steps from first_step: 1 bit of payload each."""
@@ -65,15 +70,15 @@ class Votes:
     TYPE = 1
 
     def body(self) -> tuple[bytes, int]:
-        _check_step(self.first_step)
-        n = _check_count(len(self.signs))
+        n = len(self.signs)
+        head = _run_head(self.first_step, n)
         packed = bytearray((n + 7) // 8)
         for i, s in enumerate(self.signs):
             if s not in (1, -1):
                 raise WireError(f"a vote must be +1 or -1, got {s!r}")
             if s == 1:
                 packed[i // 8] |= 1 << (i % 8)
-        return _RUN.pack(self.first_step, n) + bytes(packed), n
+        return head + bytes(packed), n
 
     @classmethod
     def parse(cls, body: bytes) -> "Votes":
@@ -95,10 +100,10 @@ class Scalars:
     TYPE = 2
 
     def body(self) -> tuple[bytes, int]:
-        _check_step(self.first_step)
-        n = _check_count(len(self.values))
+        n = len(self.values)
+        head = _run_head(self.first_step, n)
         _finite(self.values)
-        return _RUN.pack(self.first_step, n) + struct.pack(f"<{n}f", *self.values), 32 * n
+        return head + struct.pack(f"<{n}f", *self.values), 32 * n
 
     @classmethod
     def parse(cls, body: bytes) -> "Scalars":
@@ -119,8 +124,8 @@ class SeedScalars:
     TYPE = 3
 
     def body(self) -> tuple[bytes, int]:
-        _check_step(self.first_step)
-        n = _check_count(len(self.seeds))
+        n = len(self.seeds)
+        head = _run_head(self.first_step, n)
         if len(self.values) != n:
             raise WireError(f"SeedScalars: {n} seeds but {len(self.values)} values")
         for s in self.seeds:
@@ -128,7 +133,7 @@ class SeedScalars:
                 raise WireError(f"a seed must be an integer in [0, 2**64), got {s!r}")
         _finite(self.values)
         pairs = b"".join(struct.pack("<Qf", s, v) for s, v in zip(self.seeds, self.values))
-        return _RUN.pack(self.first_step, n) + pairs, 96 * n
+        return head + pairs, 96 * n
 
     @classmethod
     def parse(cls, body: bytes) -> "SeedScalars":

@@ -57,12 +57,8 @@ def backends() -> list[str]:
     """The backends usable in this process: "cpu" (C++), "torch", and "triton" where it can run."""
     names = ["cpu"] if _cpu.available() else []
     names.append("torch")
-    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-        try:
-            _triton_module()
-            names.append("triton")
-        except RuntimeError:
-            pass
+    if (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1") and _has_triton():
+        names.append("triton")
     return names
 
 
