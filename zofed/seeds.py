@@ -18,3 +18,17 @@ def step_seed(run_seed: int, step: int, client: int = SHARED, index: int = 0) ->
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
             raise ValueError(f"{name} must be an integer in [0, {top}], got {value!r}")
     return derive_seed(run_seed, step, client, index)
+
+
+POOL = 2**64 - 1  # the domain word of pool seeds, so they never equal a 4-part step seed by construction
+
+
+def pool_seed(run_seed: int, index: int) -> int:
+    """Seed `index` of a FedKSeed-style pool of candidates fixed for the whole run."""
+    return derive_seed(run_seed, POOL, index)
+
+
+def unit(*parts: int) -> float:
+    """A uniform number in [0, 1) (53 bits) hashed from integers: client sampling, dropouts, latencies,
+    tie breaks. The same everywhere, and independent of any generator's state."""
+    return (derive_seed(*parts) >> 11) * 2.0**-53

@@ -17,6 +17,10 @@ everything else (frame, step numbers, counts, padding), which is *framing*. Bodi
     Scalars      first_step u64, count u32, count float32 (one projection per step)
     SeedScalars  first_step u64, count u32, count x (seed u64, value float32)
     Checksum     step u64, 16-byte digest of a replica's weights
+    StepUpdates  first_step u64, count u32, then per step: n u32 and n x (seed u64, value float32);
+                 one step's ZO-FedSGD broadcast, or a catch-up history of many steps
+    PoolState    step u64, count u32, count float64: a seed pool's accumulated coefficients (FedKSeed
+                 catch-up); float64 because every replica sums the same broadcast values in that precision
 
 Decoding checks magic, version, type, lengths, CRC, padding and finiteness, and raises WireError
 naming the problem; it never returns a silently wrong value.
@@ -129,8 +133,7 @@ class SeedScalars:
         if len(self.values) != n:
             raise WireError(f"SeedScalars: {n} seeds but {len(self.values)} values")
         for s in self.seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64:
-                raise WireError(f"a seed must be an integer in [0, 2**64), got {s!r}")
+            _check_seed(s)
         _finite(self.values)
         pairs = b"".join(struct.pack("<Qf", s, v) for s, v in zip(self.seeds, self.values))
         return head + pairs, 96 * n
@@ -165,8 +168,77 @@ class Checksum:
         return cls(_check_step(struct.unpack_from("<Q", body)[0]), bytes(body[8:]))
 
 
-MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum)}
-Message = Union[Votes, Scalars, SeedScalars, Checksum]
+def _check_seed(s) -> int:
+    if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64:
+        raise WireError(f"a seed must be an integer in [0, 2**64), got {s!r}")
+    return s
+
+
+@dataclass(frozen=True)
+class StepUpdates:
+    """For consecutive steps from first_step, each step's (seed, float32 value) pairs: 96 bits of payload
+    per pair (the per-step pair counts are framing)."""
+
+    first_step: int
+    steps: tuple[tuple[tuple[int, float], ...], ...]
+    TYPE = 5
+
+    def body(self) -> tuple[bytes, int]:
+        parts, pairs = [_run_head(self.first_step, len(self.steps))], 0
+        for step in self.steps:
+            _check_count(len(step))
+            parts.append(struct.pack("<I", len(step)))
+            for seed, value in step:
+                _finite((value,))
+                parts.append(struct.pack("<Qf", _check_seed(seed), value))
+            pairs += len(step)
+        _check_count(pairs)
+        return b"".join(parts), 96 * pairs
+
+    @classmethod
+    def parse(cls, body: bytes) -> "StepUpdates":
+        first, n = _run(body)
+        pos, steps, pairs = _RUN.size, [], 0
+        for _ in range(n):
+            if pos + 4 > len(body):
+                raise WireError(f"StepUpdates body ends after {len(steps)} of {n} steps")
+            (k,) = struct.unpack_from("<I", body, pos)
+            pairs = _check_count(pairs + k)
+            if pos + 4 + 12 * k > len(body):
+                raise WireError(f"StepUpdates body ends inside step {len(steps)} ({k} pairs)")
+            step = tuple(struct.unpack_from("<Qf", body, pos + 4 + 12 * i) for i in range(k))
+            _finite([v for _, v in step])
+            steps.append(step)
+            pos += 4 + 12 * k
+        _exact(body, pos, "StepUpdates")
+        return cls(first, tuple(steps))
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """A seed pool's accumulated coefficients as of `step` (float64): 64 bits of payload each."""
+
+    step: int
+    values: tuple[float, ...]
+    TYPE = 6
+
+    def body(self) -> tuple[bytes, int]:
+        n = len(self.values)
+        head = _run_head(self.step, n)
+        _finite(self.values)
+        return head + struct.pack(f"<{n}d", *self.values), 64 * n
+
+    @classmethod
+    def parse(cls, body: bytes) -> "PoolState":
+        step, n = _run(body)
+        _exact(body, _RUN.size + 8 * n, "PoolState")
+        values = struct.unpack_from(f"<{n}d", body, _RUN.size)
+        _finite(values)
+        return cls(step, values)
+
+
+MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState)}
+Message = Union[Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState]
 
 
 def _run(body: bytes) -> tuple[int, int]:
@@ -229,16 +301,25 @@ class ByteCounter:
 
     def send(self, client: int, direction: str, msg: Message) -> bytes:
         """Encode msg and count it; direction is "up" (client to server) or "down"."""
+        frame = encode(msg)
+        self._count(client, direction, frame, msg)
+        return frame
+
+    def receive(self, client: int, direction: str, frame: bytes) -> Message:
+        """Decode a frame that arrived and count it (a frame that does not decode raises WireError)."""
+        msg = decode(frame)
+        self._count(client, direction, frame, msg)
+        return msg
+
+    def _count(self, client, direction, frame, msg) -> None:
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-        frame = encode(msg)
         t = self.totals[(client, direction)]
         bits = payload_bits(msg)
         t["messages"] += 1
         t["bytes"] += len(frame)
         t["payload_bits"] += bits
         t["framing_bits"] += 8 * len(frame) - bits
-        return frame
 
     def client(self, client: int, direction: str) -> dict:
         return dict(self.totals[(client, direction)])

@@ -438,6 +438,25 @@ class ZOSGD(torch.optim.Optimizer):
         return g
 
     @torch.no_grad()
+    def evaluate_pair(self, seed: int, closure: Callable):
+        """The closure's outputs at w + eps z(seed) and at w - eps z(seed), whatever they are (per-example
+        losses of several clients' batches, say); the weights are left as they were (exactly in shadow
+        mode, up to rounding in place)."""
+        self.flush()
+        if self._shadow is not None:
+            return self._shadow.loss(closure, seed, self.eps), self._shadow.loss(closure, seed, -self.eps)
+        try:
+            self._write([(seed, self.eps)])
+            self._restore = [(seed, -self.eps)]
+            plus = closure()
+            self._write([(seed, -2 * self.eps)])
+            self._restore = [(seed, self.eps)]
+            minus = closure()
+        finally:
+            self.flush()
+        return plus, minus
+
+    @torch.no_grad()
     def apply_updates(self, seeds: list[int], coeffs: list[float]) -> None:
         """w += coeff_k * z(seed_k) for each pair in order, in one pass (coefficients as given, no lr)."""
         self.flush()

@@ -115,3 +115,60 @@ def sample_batch(encoded: dict, batch_size: int, generator: torch.Generator) -> 
     batch["input_ids"] = batch["input_ids"][:, :width]
     batch["attention_mask"] = batch["attention_mask"][:, :width]
     return batch
+
+
+def add_lora(model: SentenceClassifier, rank: int) -> None:
+    """LoRA adapters (peft) on attention query/value, initialized from the noise spec rather than torch's
+    RNG: lora_A ~ the spec's unit-variance uniform scaled as kaiming-uniform(a=sqrt(5)), lora_B = 0, so
+    the same base model comes out everywhere (orbits check its fingerprint)."""
+    import zokernels
+    from peft import LoraConfig, get_peft_model
+    from zokernels.optim import param_key
+
+    model.encoder = get_peft_model(model.encoder, LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                             target_modules=["query", "value"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                z = zokernels.noise(p.shape, 0, key=param_key(name), dist="uniform")
+                p.copy_(z / (3 * p.shape[1]) ** 0.5)
+
+
+def task(model: str = "minilm", lora_rank: int = 4):
+    """The vader Task: MiniLM + LoRA(rank) + zero-shot head, training on the lexicon's train split and
+    reporting held-out accuracy. lora_rank=0 trains the whole model."""
+    from . import Task
+
+    if model != "minilm":
+        raise ValueError(f"the vader task has the model 'minilm' (all-MiniLM-L6-v2), not {model!r}")
+    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+        raise ValueError(f"lora_rank must be a non-negative integer, got {lora_rank!r}")
+    train, test = split(load_lexicon())
+    clf, tokenizer = build_model()
+    if lora_rank:
+        add_lora(clf, lora_rank)
+    tr, te = encode(tokenizer, train), encode(tokenizer, test)
+
+    def batch(indices):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        out = {k: v[idx] for k, v in tr.items()}
+        width = int(out["attention_mask"].sum(1).max())
+        return dict(input_ids=out["input_ids"][:, :width], attention_mask=out["attention_mask"][:, :width],
+                    labels=out["labels"])
+
+    def losses(m, b):
+        logits = m(b["input_ids"], b["attention_mask"])
+        return nn.functional.cross_entropy(logits, b["labels"], reduction="none")
+
+    @torch.no_grad()
+    def evaluate(m):
+        total, correct, n = 0.0, 0, te["labels"].numel()
+        for i in range(0, n, 512):
+            logits = m(te["input_ids"][i:i + 512], te["attention_mask"][i:i + 512])
+            labels = te["labels"][i:i + 512]
+            total += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+        return dict(accuracy=correct / n, loss=total / n)
+
+    return Task("vader", clf, [y for _, y in train], batch, losses, evaluate,
+                dict(model=model, lora_rank=lora_rank))

@@ -1,0 +1,247 @@
+"""The in-process simulator: K clients sharing ONE model replica, a real parameter server, real wire frames.
+
+FeedSign and ZO-FedSGD replicas are identical by construction (every client applies the same
+broadcasts), so one replica stands for all of them; per-client state is data and counters. Every
+message is encoded, decoded and counted exactly as it would travel (zofed.wire), catch-up traffic of
+clients that were offline included. Where the strategy shares one seed per step, all answering
+clients' batches run through the same perturbed forwards, and each client's projection is computed
+from its own examples' losses (the numbers a client alone would compute, up to summation order).
+
+    summary = zofed.sim.run(zofed.tasks.build("vader"), SimConfig(strategy="feedsign"), out="runs/a")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import orbit as orbits
+from . import strategies
+from .client import Replica, weights_sha256
+from .data import CONVENTIONS, dirichlet_split, iid_split
+from .seeds import unit
+from zokernels.seeding import derive_seed
+from .server import ParameterServer
+from .wire import ByteCounter, decode, encode
+
+_OFFLINE, _LATENCY, _SECRET = 0x0F, 0x1A, 0x5EC
+
+
+# Step sizes tuned on the vader task (FeedSign's lr is the size of each signed step along z; ZO-FedSGD's
+# multiplies the projection, which is O(1) there).
+DEFAULT_LR = {"feedsign": 2e-3, "dp-feedsign": 2e-3, "zo-fedsgd": 1e-3, "fedkseed": 1e-3}
+
+
+@dataclass
+class SimConfig:
+    """A simulated run. lr is the step size (for FeedSign the size of each signed step along z)."""
+
+    strategy: str = "feedsign"
+    clients: int = 5
+    steps: int = 400
+    lr: float | None = None  # None: DEFAULT_LR of the strategy
+    eps: float = 1e-3
+    batch: int = 16  # examples per client per step
+    byzantine: int = 0  # the last `byzantine` clients attack (reversed sign / random projection)
+    byzantine_scale: float = 10.0  # a random projection is uniform in [-scale, scale]
+    dirichlet: float | None = None  # label-skew concentration beta; None: iid
+    convention: str = "per-class"
+    dp_epsilon: float = 1.0
+    aggregator: str = "mean"  # zo-fedsgd: mean (a seed per client), median or trimmed-mean (shared seed)
+    pool_size: int = 64
+    pool_sampling: str = "uniform"
+    participation: float = 1.0  # fraction of online clients sampled per round
+    dropout: float = 0.0  # probability that a client is offline at a step (it catches up when back)
+    quorum: int | None = None
+    deadline: float | None = None  # seconds; simulated reply latencies are uniform in [0, 1) s
+    dist: str = "gaussian"
+    seed: int = 0
+    eval_every: int = 50
+
+    def __post_init__(self):
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.strategy, 1e-3)
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise ValueError(f"config field {name!r} {why}, got {getattr(self, name)!r}")
+
+        for name in ("clients", "steps", "batch", "eval_every", "pool_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(name, "must be a positive integer")
+        if self.strategy not in strategies.STRATEGIES:
+            bad("strategy", f"must be one of {sorted(strategies.STRATEGIES)}")
+        for name in ("lr", "eps"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0
+                    and math.isfinite(getattr(self, name))):
+                bad(name, "must be a positive finite number")
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or \
+                not 0 <= self.byzantine <= self.clients:
+            bad("byzantine", f"must be an integer in [0, clients={self.clients}]")
+        if self.dirichlet is not None and not (self.dirichlet > 0 and math.isfinite(self.dirichlet)):
+            bad("dirichlet", "must be a positive number (or None for iid)")
+        if self.convention not in CONVENTIONS:
+            bad("convention", f"must be one of {CONVENTIONS}")
+        if not 0 <= self.dropout < 1:
+            bad("dropout", "must be in [0, 1)")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            bad("seed", "must be an integer in [0, 2**63)")
+
+    def strategy_options(self) -> dict:
+        """The options this strategy takes (what an orbit records to rebuild it)."""
+        return {"dp-feedsign": dict(epsilon=self.dp_epsilon),
+                "zo-fedsgd": dict(aggregator=self.aggregator),
+                "fedkseed": dict(pool_size=self.pool_size, sampling=self.pool_sampling)}.get(self.strategy, {})
+
+    def make_strategy(self) -> strategies.Strategy:
+        kw = dict(byzantine_scale=self.byzantine_scale) if self.strategy in ("zo-fedsgd", "fedkseed") else {}
+        return strategies.make(self.strategy, lr=self.lr, run_seed=self.seed, **self.strategy_options(), **kw)
+
+
+def split_clients(task, cfg: SimConfig) -> list[list[int]]:
+    if cfg.dirichlet is None:
+        return iid_split(task.labels, cfg.clients, seed=cfg.seed)
+    return dirichlet_split(task.labels, cfg.clients, cfg.dirichlet, convention=cfg.convention, seed=cfg.seed,
+                           min_size=1)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> dict:
+    """Run `cfg` on `task`; with `out`, write metrics.jsonl, orbit, summary.json and plots there."""
+    cfg.validate()
+    from tqdm import tqdm
+
+    model = task.model
+    server_strategy, strategy = cfg.make_strategy(), cfg.make_strategy()
+    counter = ByteCounter()
+    server = ParameterServer(server_strategy, cfg.clients, participation=cfg.participation, quorum=cfg.quorum,
+                             deadline=cfg.deadline, secret=derive_seed(cfg.seed, _SECRET), counter=counter)
+    replica = Replica(model, eps=cfg.eps, dist=cfg.dist, keep_base=isinstance(strategy, strategies.FedKSeed))
+    parts = split_clients(task, cfg)
+    byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))
+    base_sha = weights_sha256(model)
+    first = task.evaluate(model)
+    if out:
+        os.makedirs(out, exist_ok=True)
+    rows = [dict(step=0, accuracy=first["accuracy"], test_loss=first["loss"], bytes_up=0, bytes_down=0)]
+    if out:
+        metrics_file = open(os.path.join(out, "metrics.jsonl"), "w")
+        metrics_file.write(json.dumps(rows[0]) + "\n")
+    history = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, desc=f"{cfg.strategy} x{cfg.clients}", disable=not progress)
+    while server.step < cfg.steps:
+        step = server.step
+        for c in range(cfg.clients):  # availability; a client coming back catches up first
+            online = unit(cfg.seed, _OFFLINE, step, c) >= cfg.dropout
+            if online and c not in server.online:
+                server.set_online(c, True)
+                for frame in server.catch_up(c):
+                    decode(frame)  # the shared replica already holds these steps; the frames are counted
+            elif not online:
+                server.set_online(c, False)
+        if not server.online:
+            server.set_online(0, True)
+            for frame in server.catch_up(0):
+                decode(frame)
+        sampled = server.open_round()
+        batches = {c: [parts[c][i] for i in np.random.default_rng([cfg.seed, step, c]).integers(
+            0, len(parts[c]), cfg.batch)] for c in sampled}
+        proj, losses = _projections(task, replica, strategy, step, batches, cfg.eps)
+        arrivals = sorted((unit(cfg.seed, _LATENCY, step, c), c) for c in sampled)
+        for at, c in arrivals:
+            frame = encode(strategy.up(step, c, proj[c], c in byzantine))
+            server.receive(c, frame, at)
+        down_frame = server.close()
+        if down_frame is None:
+            continue  # nobody answered in time: the server retries the step with a new sample
+        down = decode(down_frame)
+        replica.apply(strategy.ops(step, down))
+        history.append(down)
+        row = dict(step=step + 1, loss=float(np.mean(list(losses.values()))), answered=len(sampled))
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            ev = task.evaluate(model)
+            row.update(accuracy=ev["accuracy"], test_loss=ev["loss"], **_mean_bytes(counter, cfg.clients))
+            bar.set_postfix(acc=f"{100 * ev['accuracy']:.1f}%")
+        rows.append(row)
+        if out:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    final_sha = weights_sha256(model)
+    summary = _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds)
+    if out:
+        metrics_file.close()
+        config = dict(strategy=cfg.strategy, strategy_options=cfg.strategy_options(), lr=cfg.lr, eps=cfg.eps,
+                      dist=cfg.dist, run_seed=cfg.seed, steps=cfg.steps, task=task.name, task_options=task.options)
+        orbit = orbits.Orbit(config, base_sha, final_sha, strategy.history(0, history))
+        orbits.save(os.path.join(out, "orbit"), orbit)
+        summary["orbit_bytes"] = os.path.getsize(os.path.join(out, "orbit"))
+        _write_json(os.path.join(out, "summary.json"), summary)
+        from .plots import plot_run
+
+        plot_run(rows, out, title=f"{cfg.strategy}, {cfg.clients} clients")
+    return summary
+
+
+def _projections(task, replica, strategy, step, batches, eps):
+    """Each answering client's projection and mean loss at w +- eps z on its batch."""
+    proj, losses = {}, {}
+    model = replica.model
+    groups = [list(batches)] if strategy.shared_seed else [[c] for c in batches]
+    for group in groups:
+        seed = strategy.seed_for(step, group[0])
+        indices = [i for c in group for i in batches[c]]
+        plus, minus = replica.evaluate_pair(seed, lambda: task.losses(model, task.batch(indices)))
+        if not (torch.isfinite(plus).all() and torch.isfinite(minus).all()):
+            raise FloatingPointError(f"non-finite loss at step {step}; the weights were left unchanged")
+        n = 0
+        for c in group:
+            k = len(batches[c])
+            lp, lm = float(plus[n:n + k].mean()), float(minus[n:n + k].mean())
+            proj[c], losses[c] = (lp - lm) / (2 * eps), (lp + lm) / 2
+            n += k
+    return proj, losses
+
+
+def _mean_bytes(counter: ByteCounter, clients: int) -> dict:
+    up = [counter.client(c, "up") for c in range(clients)]
+    down = [counter.client(c, "down") for c in range(clients)]
+    return dict(bytes_up=sum(u["bytes"] for u in up) / clients, bytes_down=sum(d["bytes"] for d in down) / clients,
+                payload_bits_up=sum(u["payload_bits"] for u in up) / clients,
+                payload_bits_down=sum(d["payload_bits"] for d in down) / clients)
+
+
+def _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds) -> dict:
+    last = rows[-1]
+    per_client = [dict(client=c, byzantine=c >= cfg.clients - cfg.byzantine,
+                       up=counter.client(c, "up"), down=counter.client(c, "down")) for c in range(cfg.clients)]
+    means = _mean_bytes(counter, cfg.clients)
+    return dict(
+        config=dataclasses.asdict(cfg), task=task.name, task_options=task.options,
+        initial_accuracy=first["accuracy"], final_accuracy=last["accuracy"],
+        gain_points=100 * (last["accuracy"] - first["accuracy"]),
+        initial_test_loss=first["loss"], final_test_loss=last["test_loss"],
+        bytes_up_per_client=means["bytes_up"], bytes_down_per_client=means["bytes_down"],
+        payload_bits_up_per_client=means["payload_bits_up"], payload_bits_down_per_client=means["payload_bits_down"],
+        payload_bits_up_per_client_per_step=means["payload_bits_up"] / cfg.steps,
+        payload_bits_down_per_client_per_step=means["payload_bits_down"] / cfg.steps,
+        stragglers=server.stragglers, clients=per_client, steps=cfg.steps, seconds=seconds,
+        base_sha256=base_sha, model_sha256=final_sha)
