@@ -163,13 +163,16 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> 
         batches = {c: [parts[c][i] for i in np.random.default_rng([cfg.seed, step, c]).integers(
             0, len(parts[c]), cfg.batch)] for c in sampled}
         proj, losses = _projections(task, replica, strategy, step, batches, cfg.eps)
-        arrivals = sorted((unit(cfg.seed, _LATENCY, step, c), c) for c in sampled)
+        arrivals = sorted((unit(cfg.seed, _LATENCY, step, server.attempt, c), c) for c in sampled)
         for at, c in arrivals:
             frame = encode(strategy.up(step, c, proj[c], c in byzantine))
             server.receive(c, frame, at)
         down_frame = server.close()
-        if down_frame is None:
-            continue  # nobody answered in time: the server retries the step with a new sample
+        if down_frame is None:  # nobody answered in time: the server retries the step with a new sample
+            if server.attempt >= 100:
+                raise RuntimeError(f"step {step}: no reply arrived before the {cfg.deadline} s deadline in 100 "
+                                   "rounds; raise the deadline or the participation")
+            continue
         down = decode(down_frame)
         replica.apply(strategy.ops(step, down))
         history.append(down)
