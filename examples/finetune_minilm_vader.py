@@ -35,30 +35,26 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.rank < 1 or not args.lr > 0:
         ap.error("--steps, --batch and --rank must be >= 1 and --lr > 0")
-    from peft import LoraConfig, get_peft_model
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
-    train, test = vader.split(vader.load_lexicon())
-    model, tokenizer = vader.build_model()
-    model.encoder = get_peft_model(model.encoder, LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
-                                                             target_modules=["query", "value"], lora_dropout=0.0))
-    tr, te = vader.encode(tokenizer, train), vader.encode(tokenizer, test)
-    before = vader.accuracy(model, te)
+    task = vader.task(lora_rank=args.rank)
+    model = task.model
+    before = task.evaluate(model)["accuracy"]
     opt = zokernels.ZOSGD(model, lr=args.lr, eps=args.eps, mode="shadow", seed=args.seed)
     trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     bar = tqdm(range(args.steps), desc="ZO fine-tune", disable=args.no_progress)
     for _ in bar:
-        batch = vader.sample_batch(tr, args.batch, gen)
-        loss = opt.step(lambda: model(**batch)[0])
+        batch = task.batch(torch.randint(0, len(task.labels), (args.batch,), generator=gen).tolist())
+        loss = opt.step(lambda: task.losses(model, batch).mean())
         bar.set_postfix(loss=f"{loss:.3f}")
     train_s = time.perf_counter() - t0
-    after = vader.accuracy(model, te)
+    after = task.evaluate(model)["accuracy"]
     result = dict(task="vader", model="all-MiniLM-L6-v2 + LoRA(q,v) + zero-shot head", trainable_params=trainable,
-                  steps=args.steps, batch=args.batch, lr=args.lr, eps=args.eps, train_examples=len(train),
-                  test_examples=len(test), accuracy_before=before, accuracy_after=after,
+                  steps=args.steps, batch=args.batch, lr=args.lr, eps=args.eps, train_examples=len(task.labels),
+                  accuracy_before=before, accuracy_after=after,
                   gain_points=100 * (after - before), train_seconds=train_s)
     print(f"held-out accuracy: {100 * before:.1f}% -> {100 * after:.1f}% ({100 * (after - before):+.1f} points) "
           f"after {args.steps} ZO steps in {train_s:.0f} s ({trainable} trainable parameters)")

@@ -66,6 +66,10 @@ def _run(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
     fields = {k: v for k, v in vars(args).items() if k in SimConfig.__dataclass_fields__ and v is not None}
     cfg = SimConfig(**fields)
     cfg.validate()

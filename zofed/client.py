@@ -77,6 +77,10 @@ class Replica:
         if seeds:
             self.opt.apply_updates(seeds, coeffs)
 
+    def close(self) -> None:
+        """Remove the shadow-mode hooks: the model runs plain forwards again."""
+        self.opt.close()
+
     def digest(self) -> bytes:
         """A 16-byte blake2b digest of the trainable weights (in noise-key order)."""
         h = hashlib.blake2b(digest_size=16)

@@ -142,7 +142,7 @@ def replay(orbit: Orbit, task=None, chunk: int = 4096):
     replica = Replica(task.model, eps=c["eps"], dist=c["dist"], keep_base=isinstance(strategy, strategies.FedKSeed))
     ops = [op for down in strategy.steps_of(orbit.history) for op in strategy.ops(down.first_step, down)]
     replica.apply(ops, chunk=chunk)
-    replica.opt.close()
+    replica.close()
     got = weights_sha256(task.model)
     if got != orbit.final_sha256:
         raise OrbitError(f"replay ended at weights {got[:16]}..., the orbit recorded {orbit.final_sha256[:16]}...")

@@ -21,7 +21,7 @@ import math
 
 from .seeds import unit
 from .strategies import FedKSeed, Strategy
-from .wire import ByteCounter, Checksum, Message
+from .wire import ByteCounter, Checksum, Message, encode
 
 _SAMPLE = 0x5A  # hash domain of client sampling
 
@@ -144,14 +144,14 @@ class ParameterServer:
         down = self.strategy.aggregate(self.step, r["ups"], self.secret)
         self.strategy.ops(self.step, down)  # keeps the server's copy of any strategy state (pool accumulators)
         self.history.append(down)
-        frame = None
+        frame = encode(down)
         for c in sorted(self.online):
-            frame = self.counter.send(c, "down", down)
+            self.counter.send(c, "down", down)
             self.synced[c] = self.step + 1
         self.step += 1
         self.attempt = 0
         self._trim()
-        return frame or self.counter.send(-1, "down", down)  # nobody online: the frame still exists
+        return frame
 
     def catch_up(self, client: int) -> list[bytes]:
         """The frames that bring a returning client to the current step (counted "down")."""

@@ -12,6 +12,7 @@ from its own examples' losses (the numbers a client alone would compute, up to s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -136,62 +137,50 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> 
     byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))
     base_sha = weights_sha256(model)
     first = task.evaluate(model)
-    if out:
-        os.makedirs(out, exist_ok=True)
     rows = [dict(step=0, accuracy=first["accuracy"], test_loss=first["loss"], bytes_up=0, bytes_down=0)]
-    if out:
-        metrics_file = open(os.path.join(out, "metrics.jsonl"), "w")
-        metrics_file.write(json.dumps(rows[0]) + "\n")
     history = []
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc=f"{cfg.strategy} x{cfg.clients}", disable=not progress)
-    while server.step < cfg.steps:
-        step = server.step
-        for c in range(cfg.clients):  # availability; a client coming back catches up first
-            online = unit(cfg.seed, _OFFLINE, step, c) >= cfg.dropout
-            if online and c not in server.online:
-                server.set_online(c, True)
-                for frame in server.catch_up(c):
-                    decode(frame)  # the shared replica already holds these steps; the frames are counted
-            elif not online:
-                server.set_online(c, False)
-        if not server.online:
-            server.set_online(0, True)
-            for frame in server.catch_up(0):
-                decode(frame)
-        sampled = server.open_round()
-        batches = {c: [parts[c][i] for i in np.random.default_rng([cfg.seed, step, c]).integers(
-            0, len(parts[c]), cfg.batch)] for c in sampled}
-        proj, losses = _projections(task, replica, strategy, step, batches, cfg.eps)
-        arrivals = sorted((unit(cfg.seed, _LATENCY, step, server.attempt, c), c) for c in sampled)
-        for at, c in arrivals:
-            frame = encode(strategy.up(step, c, proj[c], c in byzantine))
-            server.receive(c, frame, at)
-        down_frame = server.close()
-        if down_frame is None:  # nobody answered in time: the server retries the step with a new sample
-            if server.attempt >= 100:
-                raise RuntimeError(f"step {step}: no reply arrived before the {cfg.deadline} s deadline in 100 "
-                                   "rounds; raise the deadline or the participation")
-            continue
-        down = decode(down_frame)
-        replica.apply(strategy.ops(step, down))
-        history.append(down)
-        row = dict(step=step + 1, loss=float(np.mean(list(losses.values()))), answered=len(sampled))
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            ev = task.evaluate(model)
-            row.update(accuracy=ev["accuracy"], test_loss=ev["loss"], **_mean_bytes(counter, cfg.clients))
-            bar.set_postfix(acc=f"{100 * ev['accuracy']:.1f}%")
-        rows.append(row)
+    with contextlib.ExitStack() as stack:
+        metrics = None
         if out:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-        bar.update(1)
-    bar.close()
+            os.makedirs(out, exist_ok=True)
+            metrics = stack.enter_context(open(os.path.join(out, "metrics.jsonl"), "w"))
+            metrics.write(json.dumps(rows[0]) + "\n")
+        bar = stack.enter_context(tqdm(total=cfg.steps, desc=f"{cfg.strategy} x{cfg.clients}", disable=not progress))
+        stack.callback(replica.close)
+        while server.step < cfg.steps:
+            step = server.step
+            _availability(server, cfg, step)
+            sampled = server.open_round()
+            batches = {c: [parts[c][i] for i in np.random.default_rng([cfg.seed, step, c]).integers(
+                0, len(parts[c]), cfg.batch)] for c in sampled}
+            proj, losses = _projections(task, replica, strategy, step, batches, cfg.eps)
+            arrivals = sorted((unit(cfg.seed, _LATENCY, step, server.attempt, c), c) for c in sampled)
+            counted = [c for at, c in arrivals
+                       if server.receive(c, encode(strategy.up(step, c, proj[c], c in byzantine)), at)]
+            down_frame = server.close()
+            if down_frame is None:  # nobody answered in time: the server retries the step with a new sample
+                if server.attempt >= 100:
+                    raise RuntimeError(f"step {step}: no reply arrived before the {cfg.deadline} s deadline in 100 "
+                                       "rounds; raise the deadline or the participation")
+                continue
+            down = decode(down_frame)
+            replica.apply(strategy.ops(step, down))
+            history.append(down)
+            row = dict(step=step + 1, loss=float(np.mean([losses[c] for c in counted])), answered=len(counted))
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                ev = task.evaluate(model)
+                row.update(accuracy=ev["accuracy"], test_loss=ev["loss"], **_mean_bytes(counter, cfg.clients))
+                bar.set_postfix(acc=f"{100 * ev['accuracy']:.1f}%")
+            rows.append(row)
+            if metrics:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            bar.update(1)
     seconds = time.perf_counter() - t0
     final_sha = weights_sha256(model)
     summary = _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds)
     if out:
-        metrics_file.close()
         config = dict(strategy=cfg.strategy, strategy_options=cfg.strategy_options(), lr=cfg.lr, eps=cfg.eps,
                       dist=cfg.dist, run_seed=cfg.seed, steps=cfg.steps, task=task.name, task_options=task.options)
         orbit = orbits.Orbit(config, base_sha, final_sha, strategy.history(0, history))
@@ -202,6 +191,23 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> 
 
         plot_run(rows, out, title=f"{cfg.strategy}, {cfg.clients} clients")
     return summary
+
+
+def _availability(server: ParameterServer, cfg: SimConfig, step: int) -> None:
+    """Clients go offline with probability cfg.dropout per step; one coming back catches up first (the
+    shared replica already holds those steps: the frames are decoded and counted, not applied)."""
+    for c in range(cfg.clients):
+        online = unit(cfg.seed, _OFFLINE, step, c) >= cfg.dropout
+        if online and c not in server.online:
+            server.set_online(c, True)
+            for frame in server.catch_up(c):
+                decode(frame)
+        elif not online:
+            server.set_online(c, False)
+    if not server.online:  # somebody must answer: the lowest id stays reachable
+        server.set_online(0, True)
+        for frame in server.catch_up(0):
+            decode(frame)
 
 
 def _projections(task, replica, strategy, step, batches, eps):

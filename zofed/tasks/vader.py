@@ -97,26 +97,6 @@ def encode(tokenizer, items: list[tuple[str, int]]) -> dict:
                 labels=torch.tensor([y for _, y in items]))
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, encoded: dict, batch_size: int = 512) -> float:
-    correct = 0
-    n = encoded["labels"].numel()
-    for i in range(0, n, batch_size):
-        logits = model(encoded["input_ids"][i:i + batch_size], encoded["attention_mask"][i:i + batch_size])
-        correct += (logits.argmax(-1) == encoded["labels"][i:i + batch_size]).sum().item()
-    return correct / n
-
-
-def sample_batch(encoded: dict, batch_size: int, generator: torch.Generator) -> dict:
-    """A random batch (with replacement), trimmed to its longest sequence."""
-    idx = torch.randint(0, encoded["labels"].numel(), (batch_size,), generator=generator)
-    batch = {k: v[idx] for k, v in encoded.items()}
-    width = int(batch["attention_mask"].sum(1).max())
-    batch["input_ids"] = batch["input_ids"][:, :width]
-    batch["attention_mask"] = batch["attention_mask"][:, :width]
-    return batch
-
-
 def add_lora(model: SentenceClassifier, rank: int) -> None:
     """LoRA adapters (peft) on attention query/value, initialized from the noise spec rather than torch's
     RNG: lora_A ~ the spec's unit-variance uniform scaled as kaiming-uniform(a=sqrt(5)), lora_B = 0, so
