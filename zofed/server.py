@@ -171,6 +171,32 @@ class ParameterServer:
         self.active.add(client)
         return [self.counter.send(client, "down", m) for m in msgs]
 
+    # ------------------------------------------------------------ saving and restoring
+
+    def state_dict(self) -> dict:
+        """The server's counters and membership as JSON-able values (between rounds). The strategy's state
+        and the broadcasts are not in it: load_state_dict takes the broadcasts, which rebuild both."""
+        if self.round is not None:
+            raise RuntimeError("save the server between rounds, not while one is open")
+        return dict(step=self.step, attempt=self.attempt, history_start=self.history_start,
+                    synced=[[c, s] for c, s in sorted(self.synced.items())], active=sorted(self.active),
+                    online=sorted(self.online), stragglers=self.stragglers, mismatches=self.mismatches,
+                    counter=self.counter.state_dict())
+
+    def load_state_dict(self, state: dict, downs: list[Message]) -> None:
+        """Restore a state_dict() given the broadcasts of steps 0..step-1, which this server's strategy
+        replays (a fresh strategy instance ends in the state the saved one had)."""
+        if len(downs) != state["step"]:
+            raise ValueError(f"the server state is at step {state['step']} but {len(downs)} broadcasts were given")
+        for t, down in enumerate(downs):
+            self.strategy.ops(t, down)
+        self.step, self.attempt, self.history_start = state["step"], state["attempt"], state["history_start"]
+        self.history = list(downs[self.history_start:])
+        self.synced = {c: s for c, s in state["synced"]}
+        self.active, self.online = set(state["active"]), set(state["online"])
+        self.stragglers, self.mismatches = state["stragglers"], list(state["mismatches"])
+        self.counter.load_state_dict(state["counter"])
+
     # ------------------------------------------------------------ replica checksums
 
     def checksum(self, client: int, frame: bytes) -> bool:

@@ -12,6 +12,7 @@ from its own examples' losses (the numbers a client alone would compute, up to s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -115,15 +116,61 @@ def split_clients(task, cfg: SimConfig) -> list[list[int]]:
 
 
 def _write_json(path: str, obj) -> None:
+    """Atomically: a kill leaves the old file or the new one, never a torn one."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> dict:
-    """Run `cfg` on `task`; with `out`, write metrics.jsonl, orbit, summary.json and plots there."""
+CHECKPOINT = "checkpoint.json"
+
+
+def _differences(there: dict, here: dict) -> str:
+    keys = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+    return ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in keys)
+
+
+def _resume(out: str, cfg: SimConfig, task, replica, strategy, server, base_sha) -> tuple[list, list, float]:
+    """Bring a fresh model, strategy and server to the last checkpoint in `out`: (rows, broadcasts, seconds).
+    The weights are rebuilt from the broadcasts (as an orbit replay does) and checked against its digest."""
+    with open(os.path.join(out, CHECKPOINT)) as f:
+        ck = json.load(f)
+    here = dict(dataclasses.asdict(cfg), task=task.name, **{f"task.{k}": v for k, v in task.options.items()})
+    there = dict(ck["config"], task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
+    if here != there:
+        raise ValueError(f"{out} holds a run with another config ({_differences(there, here)}); use another "
+                         "--out folder, or delete this one to start over")
+    if ck["base_sha256"] != base_sha:
+        raise ValueError(f"{out} was started on other base weights ({ck['base_sha256'][:16]}...); refusing to resume")
+    downs = strategy.steps_of(decode(base64.b64decode(ck["history"]))) if ck["step"] else []
+    replica.apply([op for t, down in enumerate(downs) for op in strategy.ops(t, down)])
+    if replica.digest().hex() != ck["digest"]:
+        raise RuntimeError(f"rebuilding {out} at step {ck['step']} gave other weights than the run had; "
+                           "the library or the task changed since: start over in another folder")
+    server.load_state_dict(ck["server"], downs)
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f.read().splitlines()[: ck["rows"]]]
+    return rows, list(downs), ck["seconds"]
+
+
+def _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, downs, seconds) -> None:
+    history = encode(strategy.history(0, downs)) if downs else b""
+    _write_json(os.path.join(out, CHECKPOINT), dict(
+        config=dataclasses.asdict(cfg), task=task.name, task_options=task.options, base_sha256=base_sha,
+        step=len(downs), rows=len(rows), digest=replica.digest().hex(), seconds=seconds,
+        history=base64.b64encode(history).decode(), server=server.state_dict()))
+
+
+def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, checkpoint_every: int = 20) -> dict:
+    """Run `cfg` on `task`; with `out`, write metrics.jsonl, orbit, summary.json and plots there.
+
+    With `out`, a checkpoint is written atomically every `checkpoint_every` steps, and calling run again
+    with the same task and config resumes from it (after a crash or kill -9), ending bit-identical to an
+    uninterrupted run: everything random is hashed from (seed, step, client)."""
     cfg.validate()
     from tqdm import tqdm
 
@@ -136,17 +183,26 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> 
     parts = split_clients(task, cfg)
     byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))
     base_sha = weights_sha256(model)
-    first = task.evaluate(model)
-    rows = [dict(step=0, accuracy=first["accuracy"], test_loss=first["loss"], bytes_up=0, bytes_down=0)]
-    history = []
+    resuming = bool(out) and os.path.exists(os.path.join(out, CHECKPOINT))
+    if resuming:
+        rows, history, before = _resume(out, cfg, task, replica, strategy, server, base_sha)
+        first = dict(accuracy=rows[0]["accuracy"], loss=rows[0]["test_loss"])
+    else:
+        first = task.evaluate(model)
+        rows = [dict(step=0, accuracy=first["accuracy"], test_loss=first["loss"], bytes_up=0, bytes_down=0)]
+        history, before = [], 0.0
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         metrics = None
         if out:
             os.makedirs(out, exist_ok=True)
-            metrics = stack.enter_context(open(os.path.join(out, "metrics.jsonl"), "w"))
-            metrics.write(json.dumps(rows[0]) + "\n")
-        bar = stack.enter_context(tqdm(total=cfg.steps, desc=f"{cfg.strategy} x{cfg.clients}", disable=not progress))
+            path = os.path.join(out, "metrics.jsonl")
+            _write_lines(path, rows)  # on resume this drops lines written after the checkpoint: they come again
+            metrics = stack.enter_context(open(path, "a"))
+            if not resuming:
+                _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, history, 0.0)
+        bar = stack.enter_context(tqdm(total=cfg.steps, initial=server.step, desc=f"{cfg.strategy} x{cfg.clients}",
+                                       disable=not progress))
         stack.callback(replica.close)
         while server.step < cfg.steps:
             step = server.step
@@ -176,8 +232,11 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> 
             if metrics:
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
+                if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps:
+                    _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, history,
+                                before + time.perf_counter() - t0)
             bar.update(1)
-    seconds = time.perf_counter() - t0
+    seconds = before + time.perf_counter() - t0
     final_sha = weights_sha256(model)
     summary = _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds)
     if out:
@@ -191,6 +250,13 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True) -> 
 
         plot_run(rows, out, title=f"{cfg.strategy}, {cfg.clients} clients")
     return summary
+
+
+def _write_lines(path: str, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
 
 
 def _availability(server: ParameterServer, cfg: SimConfig, step: int) -> None:

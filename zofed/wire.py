@@ -321,5 +321,13 @@ class ByteCounter:
         t["payload_bits"] += bits
         t["framing_bits"] += 8 * len(frame) - bits
 
+    def state_dict(self) -> list:
+        return [[c, d, dict(t)] for (c, d), t in sorted(self.totals.items())]
+
+    def load_state_dict(self, state: list) -> None:
+        self.totals.clear()
+        for c, d, t in state:
+            self.totals[(c, d)].update(t)
+
     def client(self, client: int, direction: str) -> dict:
         return dict(self.totals[(client, direction)])
