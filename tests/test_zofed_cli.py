@@ -52,3 +52,51 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert proc.returncode == 2 and "'steps' must be a positive integer" in proc.stderr
     proc = _zofed("run", "--dropout", "1.5", "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "'dropout'" in proc.stderr
+
+
+def _parse(*argv):
+    from zofed.cli import _parser, _run_options
+
+    return _run_options(_parser().parse_args(["run", *argv]))
+
+
+def test_config_file_then_flags(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('strategy = "zo-fedsgd"\nsteps = 50\npool-size = 8\nout = "runs/x"\ndirichlet = 0.5\n')
+    o = _parse("--config", str(cfg), "--steps", "70")
+    assert o["strategy"] == "zo-fedsgd" and o["steps"] == 70 and o["pool_size"] == 8 and o["dirichlet"] == 0.5
+    assert o["out"] == "runs/x" and o["task"] == "vader" and "lr" not in o  # lr: the strategy's default
+    assert _parse("--out", "d")["out"] == "d"
+
+
+@pytest.mark.parametrize("text,match", [
+    ('lrr = 0.1\nout = "d"\n', "unknown field 'lrr'"),
+    ('lr = "fast"\nout = "d"\n', "config field 'lr' must be a number"),
+    ('steps = 0\nout = "d"\n', "config field 'steps' must be a positive integer"),
+    ('dirichlet = -1.0\nout = "d"\n', "config field 'dirichlet' must be a positive finite number"),
+    ('strategy = "fedavg"\nout = "d"\n', "config field 'strategy' must be one of"),
+    ('lora_rank = "four"\nout = "d"\n', "config field 'lora_rank' has the wrong type"),
+    ('steps = 10\n', "config field 'out' required"),
+    ('steps = [1\n', "not valid TOML"),
+])
+def test_bad_config_gets_one_clear_line(tmp_path, text, match):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(text)
+    proc = _zofed("run", "--config", str(cfg), check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zofed: error: ") and match in lines[0], proc.stderr
+
+
+def test_plot_overlays_runs(tmp_path):
+    import fedtoy  # noqa: F401
+    from zofed import sim, tasks
+
+    for name, strategy in (("a", "feedsign"), ("b", "zo-fedsgd")):
+        sim.run(tasks.build("toy"), sim.SimConfig(strategy=strategy, clients=3, steps=10, lr=0.05, eval_every=5),
+                out=str(tmp_path / name), progress=False)
+    png = tmp_path / "cmp.png"
+    proc = _zofed("plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(png))
+    assert proc.stdout.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+    proc = _zofed("plot", str(tmp_path), "--out", str(png), check=False)
+    assert proc.returncode == 2 and "not a finished zofed run folder" in proc.stderr

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 
-def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
-    """Write loss_accuracy.png and accuracy_bytes.png into `out`; returns their paths."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -14,6 +14,19 @@ def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("plots need matplotlib (`pip install matplotlib`)") from exc
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    """Atomically, so a kill never leaves a torn PNG."""
+    tmp = f"{path}.tmp"
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
+
+
+def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
+    """Write loss_accuracy.png and accuracy_bytes.png into `out`; returns their paths."""
+    plt = _pyplot()
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "accuracy" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -25,7 +38,7 @@ def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
     ax2.set(xlabel="step", ylabel="held-out accuracy (%)")
     fig.tight_layout()
     paths = [os.path.join(out, "loss_accuracy.png"), os.path.join(out, "accuracy_bytes.png")]
-    fig.savefig(paths[0], dpi=100)
+    _save(fig, paths[0])
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.plot([r["bytes_up"] for r in evals], [100 * r["accuracy"] for r in evals], "o-", label="up")
@@ -33,6 +46,40 @@ def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
     ax.set(xlabel="bytes per client (wire, framing included)", ylabel="held-out accuracy (%)", title=title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=100)
+    _save(fig, paths[1])
     plt.close(fig)
     return paths
+
+
+def _label(summary: dict) -> str:
+    c = summary["config"]
+    parts = [c["strategy"] + (f" ({c['aggregator']})" if c["strategy"] == "zo-fedsgd" and c["aggregator"] != "mean"
+                              else ""), f"K={c['clients']}"]
+    if c["dirichlet"] is not None:
+        parts.append(f"Dir({c['dirichlet']})")
+    if c["byzantine"]:
+        parts.append(f"{c['byzantine']} Byzantine")
+    return ", ".join(parts)
+
+
+def plot_runs(folders: list[str], path: str) -> str:
+    """Overlay runs (folders written by `zofed run`): held-out accuracy vs step and vs bytes up per client."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for folder in folders:
+        try:
+            with open(os.path.join(folder, "metrics.jsonl")) as f:
+                evals = [r for r in map(json.loads, f) if "accuracy" in r]
+            with open(os.path.join(folder, "summary.json")) as f:
+                label = _label(json.load(f))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{folder} is not a finished zofed run folder: {exc}") from None
+        ax1.plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-", ms=3, label=label)
+        ax2.plot([max(r["bytes_up"], 1) for r in evals], [100 * r["accuracy"] for r in evals], "o-", ms=3, label=label)
+    ax1.set(xlabel="step", ylabel="held-out accuracy (%)")
+    ax2.set(xlabel="bytes up per client (log scale)", ylabel="held-out accuracy (%)", xscale="log")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path

@@ -72,29 +72,41 @@ class SimConfig:
             self.lr = DEFAULT_LR.get(self.strategy, 1e-3)
 
     def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
         def bad(name, why):
             raise ValueError(f"config field {name!r} {why}, got {getattr(self, name)!r}")
 
+        for f in dataclasses.fields(self):  # types first, so the range checks below compare numbers
+            v, kind = getattr(self, f.name), f.type.split(" |")[0]
+            if v is None and "None" in f.type:
+                continue
+            if kind == "str" and not isinstance(v, str) or kind != "str" and (
+                    isinstance(v, bool) or not isinstance(v, int if kind == "int" else (int, float))):
+                bad(f.name, "must be " + {"str": "a string", "int": "an integer", "float": "a number"}[kind])
         for name in ("clients", "steps", "batch", "eval_every", "pool_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
-        if self.strategy not in strategies.STRATEGIES:
-            bad("strategy", f"must be one of {sorted(strategies.STRATEGIES)}")
-        for name in ("lr", "eps"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0
-                    and math.isfinite(getattr(self, name))):
+        choices = dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS,
+                       aggregator=strategies.ZOFedSGD.AGGREGATORS, pool_sampling=("uniform", "importance"),
+                       dist=("gaussian", "rademacher", "uniform"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(name, f"must be one of {tuple(allowed)}")
+        for name in ("lr", "eps", "byzantine_scale") + (("dirichlet",) if self.dirichlet is not None else ()) + (
+                ("deadline",) if self.deadline is not None else ()):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 bad(name, "must be a positive finite number")
-        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or \
-                not 0 <= self.byzantine <= self.clients:
+        if not 0 <= self.byzantine <= self.clients:
             bad("byzantine", f"must be an integer in [0, clients={self.clients}]")
-        if self.dirichlet is not None and not (self.dirichlet > 0 and math.isfinite(self.dirichlet)):
-            bad("dirichlet", "must be a positive number (or None for iid)")
-        if self.convention not in CONVENTIONS:
-            bad("convention", f"must be one of {CONVENTIONS}")
+        if not (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon)):
+            bad("dp_epsilon", "must be a finite number >= 0")
+        if not 0 < self.participation <= 1:
+            bad("participation", "must be in (0, 1]")
         if not 0 <= self.dropout < 1:
             bad("dropout", "must be in [0, 1)")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if self.quorum is not None and not 1 <= self.quorum <= self.clients:
+            bad("quorum", f"must be in [1, clients={self.clients}]")
+        if not 0 <= self.seed < 2**63:
             bad("seed", "must be an integer in [0, 2**63)")
 
     def strategy_options(self) -> dict:
