@@ -64,18 +64,28 @@ def _label(summary: dict) -> str:
 
 def plot_runs(folders: list[str], path: str) -> str:
     """Overlay runs (folders written by `zofed run`): held-out accuracy vs step and vs bytes up per client."""
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    curves = {}
     for folder in folders:
         try:
             with open(os.path.join(folder, "metrics.jsonl")) as f:
                 evals = [r for r in map(json.loads, f) if "accuracy" in r]
             with open(os.path.join(folder, "summary.json")) as f:
-                label = _label(json.load(f))
+                curves[_label(json.load(f))] = evals
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"{folder} is not a finished zofed run folder: {exc}") from None
+    return plot_curves(curves, path)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str) -> str:
+    """Held-out accuracy vs step, and vs bytes up per client for the runs that sent any, one line per label;
+    rows as in metrics.jsonl (step, accuracy, bytes_up)."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, evals in curves.items():
         ax1.plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-", ms=3, label=label)
-        ax2.plot([max(r["bytes_up"], 1) for r in evals], [100 * r["accuracy"] for r in evals], "o-", ms=3, label=label)
+        sent = [r for r in evals if r.get("bytes_up")]
+        if sent:
+            ax2.plot([r["bytes_up"] for r in sent], [100 * r["accuracy"] for r in sent], "o-", ms=3, label=label)
     ax1.set(xlabel="step", ylabel="held-out accuracy (%)")
     ax2.set(xlabel="bytes up per client (log scale)", ylabel="held-out accuracy (%)", xscale="log")
     ax1.legend(fontsize=8)
