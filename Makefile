@@ -1,13 +1,15 @@
 # Two entry points for a fresh machine with only Python and a C++ compiler:
-#   make demo   installs what it needs, then runs the main job (the kernel benchmark for now)
+#   make demo   installs what it needs, then runs the main job: federated FeedSign vs ZO-FedSGD vs
+#               centralized ZO-SGD fine-tuning the pretrained MiniLM (a table and runs/demo/demo.png)
 #   make test   installs the test needs, then runs the whole suite
-# Also: make finetune (the MiniLM ZO fine-tune), make bench (microbenchmarks), make bench-step.
+# Also: make finetune (the MiniLM ZO fine-tune), make bench-kernels (the kernel benchmark),
+# make bench (microbenchmarks), make bench-step (the optimizer benchmark), make fed-results.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXT_SRC := csrc/zo_kernels.cpp csrc/zo_noise.h setup.py
 
-.PHONY: demo test bench bench-step finetune fed-results build clean
+.PHONY: demo test bench bench-kernels bench-step finetune fed-results build clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +37,10 @@ $(VENV)/.built: $(VENV)/.deps $(EXT_SRC)
 
 build: $(VENV)/.built
 
-demo: $(VENV)/.built
+demo: $(VENV)/.built $(VENV)/.hf-deps
+	$(BIN)/python examples/federated_demo.py
+
+bench-kernels: $(VENV)/.built
 	$(BIN)/python benchmarks/kernels.py --table
 
 bench: $(VENV)/.built $(VENV)/.test-deps

@@ -12,7 +12,7 @@ from zofed import strategies
 from zofed.client import Client, Replica
 from zofed.seeds import step_seed
 from zofed.server import CatchUpError, ParameterServer
-from zofed.wire import PoolState, SeedScalars, Votes, WireError, decode, encode
+from zofed.wire import PoolState, SeedScalars, StepUpdates, Votes, WireError, decode, encode
 
 CASES = [("feedsign", {}), ("dp-feedsign", dict(epsilon=2.0)), ("zo-fedsgd", {}),
          ("zo-fedsgd", dict(aggregator="median")), ("zo-fedsgd", dict(aggregator="trimmed-mean")),
@@ -156,7 +156,7 @@ def test_sampling_is_deterministic_and_respects_participation():
     assert all(s >= 1 for s in sizes) and 3 <= sum(sizes) / len(sizes) <= 9  # 6 expected of 20
 
 
-def test_server_refuses_bad_replies():
+def test_server_refuses_bad_replies_as_they_arrive():
     make = lambda: strategies.make("zo-fedsgd", lr=0.05, run_seed=1)  # noqa: E731
     server = ParameterServer(make(), 3, participation=1.0)
     server.open_round()
@@ -166,13 +166,14 @@ def test_server_refuses_bad_replies():
     server.receive(0, encode(good))
     with pytest.raises(ValueError, match="twice"):
         server.receive(0, encode(good))
-    server.receive(1, encode(SeedScalars(0, (123,), (0.5,))))
     with pytest.raises(ValueError, match="client 1 sent seed"):
-        server.close()
-    server.open_round()
-    server.receive(0, encode(SeedScalars(7, (step_seed(1, 7, 0),), (0.5,))))
+        server.receive(1, encode(SeedScalars(0, (123,), (0.5,))))
     with pytest.raises(ValueError, match="step 7, the round is step 0"):
-        server.close()
+        server.receive(2, encode(SeedScalars(7, (step_seed(1, 7, 2),), (0.5,))))
+    with pytest.raises(ValueError, match="expected a SeedScalars message, got Votes"):
+        server.receive(2, encode(Votes(0, (1,))))
+    frame = server.close()  # the refused replies do not spoil the round
+    assert decode(frame) == StepUpdates(0, (((step_seed(1, 0, 0), 0.5),),))
     with pytest.raises(ValueError, match="unknown client"):
         server.set_online(9, True)
 

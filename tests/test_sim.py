@@ -41,7 +41,7 @@ def test_partial_participation_and_deadline_drop_replies():
 
 
 def test_feedsign_resists_a_byzantine_client_better_than_zo_fedsgd():
-    """Mean final accuracy over 3 seeds, one attacker of 5 (reversed sign / random projection in [-10, 10])."""
+    """Mean final accuracy over 3 seeds, one attacker of 5 (reversed sign / random projection, default scale)."""
     def drop(strategy):
         honest = sum(_run(strategy=strategy, seed=s)["final_accuracy"] for s in range(3)) / 3
         attacked = sum(_run(strategy=strategy, seed=s, byzantine=1)["final_accuracy"] for s in range(3)) / 3

@@ -123,6 +123,7 @@ class ParameterServer:
             return False
         if client in r["ups"]:
             raise ValueError(f"client {client} answered step {self.step} twice")
+        self.strategy.check(self.step, client, msg)  # a bad reply is refused here, not at aggregation
         r["ups"][client] = msg
         if len(r["ups"]) >= (self.quorum or len(r["sampled"])):
             r["closed_at"] = at

@@ -52,7 +52,7 @@ class SimConfig:
     eps: float = 1e-3
     batch: int = 16  # examples per client per step
     byzantine: int = 0  # the last `byzantine` clients attack (reversed sign / random projection)
-    byzantine_scale: float = 10.0  # a random projection is uniform in [-scale, scale]
+    byzantine_scale: float = 100.0  # a random projection is uniform in [-scale, scale] (vader: median |p| 2.3)
     dirichlet: float | None = None  # label-skew concentration beta; None: iid
     convention: str = "per-class"
     dp_epsilon: float = 1.0

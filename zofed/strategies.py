@@ -59,6 +59,11 @@ class Strategy:
     def up(self, step: int, client: int, projection: float, byzantine: bool = False) -> Message:
         raise NotImplementedError
 
+    def check(self, step: int, client: int, msg: Message):
+        """The content of a client's reply (a sign, a value, a (seed, value) pair); ValueError naming the
+        problem if it is not a valid reply to this step. The server checks replies as they arrive."""
+        raise NotImplementedError
+
     def aggregate(self, step: int, ups: dict[int, Message], secret: int = 0) -> Message:
         raise NotImplementedError
 
@@ -84,14 +89,14 @@ class FeedSign(Strategy):
         sign = 1 if projection >= 0 else -1  # a zero projection (flat loss) votes +1, as sign() >= 0 would
         return Votes(step, (-sign if byzantine else sign,))  # a Byzantine client always reverses
 
+    def check(self, step, client, msg):
+        m = _one(msg, Votes, step, f"client {client}")
+        if len(m.signs) != 1:
+            raise ValueError(f"client {client} sent {len(m.signs)} votes for one step")
+        return m.signs[0]
+
     def _signs(self, step, ups):
-        signs = []
-        for c, m in sorted(ups.items()):
-            m = _one(m, Votes, step, f"client {c}")
-            if len(m.signs) != 1:
-                raise ValueError(f"client {c} sent {len(m.signs)} votes for one step")
-            signs.append(m.signs[0])
-        return signs
+        return [self.check(step, c, m) for c, m in sorted(ups.items())]
 
     def aggregate(self, step, ups, secret=0):
         return Votes(step, (agg.majority_sign(self._signs(step, ups), step_seed(self.run_seed, step, SHARED, _TIE)),))
@@ -143,7 +148,7 @@ class ZOFedSGD(Strategy):
     name = "zo-fedsgd"
     AGGREGATORS = ("mean", "median", "trimmed-mean")
 
-    def __init__(self, *, lr, run_seed, aggregator: str = "mean", trim: float = 0.2, byzantine_scale: float = 10.0):
+    def __init__(self, *, lr, run_seed, aggregator: str = "mean", trim: float = 0.2, byzantine_scale: float = 100.0):
         super().__init__(lr=lr, run_seed=run_seed)
         if aggregator not in self.AGGREGATORS:
             raise ValueError(f"aggregator must be one of {self.AGGREGATORS}, got {aggregator!r}")
@@ -166,26 +171,23 @@ class ZOFedSGD(Strategy):
             return Scalars(step, (p,))
         return SeedScalars(step, (self.seed_for(step, client),), (p,))
 
-    def _pairs(self, step, ups):
-        pairs = []
-        for c, m in sorted(ups.items()):
-            m = _one(m, SeedScalars, step, f"client {c}")
-            if m.seeds != (self.seed_for(step, c),):
-                raise ValueError(f"client {c} sent seed(s) {m.seeds} at step {step}; the schedule gives "
-                                 f"{self.seed_for(step, c)}")
-            pairs.append((m.seeds[0], m.values[0]))
-        return pairs
+    def check(self, step, client, msg):
+        if self.shared_seed:
+            m = _one(msg, Scalars, step, f"client {client}")
+            if len(m.values) != 1:
+                raise ValueError(f"client {client} sent {len(m.values)} projections for one step")
+            return m.values[0]
+        m = _one(msg, SeedScalars, step, f"client {client}")
+        if m.seeds != (self.seed_for(step, client),):
+            raise ValueError(f"client {client} sent seed(s) {m.seeds} at step {step}; the schedule gives "
+                             f"{self.seed_for(step, client)}")
+        return m.seeds[0], m.values[0]
 
     def aggregate(self, step, ups, secret=0):
+        got = [self.check(step, c, m) for c, m in sorted(ups.items())]
         if not self.shared_seed:
-            return StepUpdates(step, (tuple(self._pairs(step, ups)),))
-        values = []
-        for c, m in sorted(ups.items()):
-            m = _one(m, Scalars, step, f"client {c}")
-            if len(m.values) != 1:
-                raise ValueError(f"client {c} sent {len(m.values)} projections for one step")
-            values.append(m.values[0])
-        robust = agg.median(values) if self.aggregator == "median" else agg.trimmed_mean(values, self.trim)
+            return StepUpdates(step, (tuple(got),))
+        robust = agg.median(got) if self.aggregator == "median" else agg.trimmed_mean(got, self.trim)
         return Scalars(step, (robust,))
 
     def ops(self, step, down):
@@ -225,7 +227,7 @@ class FedKSeed(ZOFedSGD):
     name = "fedkseed"
 
     def __init__(self, *, lr, run_seed, pool_size: int = 64, sampling: str = "uniform", rebase_every: int = 100,
-                 byzantine_scale: float = 10.0):
+                 byzantine_scale: float = 100.0):
         super().__init__(lr=lr, run_seed=run_seed, byzantine_scale=byzantine_scale)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 1 <= pool_size <= 1 << 16:
             raise ValueError(f"pool_size must be an integer in [1, 65536], got {pool_size!r}")
