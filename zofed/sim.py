@@ -38,7 +38,7 @@ _OFFLINE, _LATENCY, _SECRET = 0x0F, 0x1A, 0x5EC
 
 # Step sizes tuned on the vader task (FeedSign's lr is the size of each signed step along z; ZO-FedSGD's
 # multiplies the projection, which is O(1) there).
-DEFAULT_LR = {"feedsign": 2e-3, "dp-feedsign": 2e-3, "zo-fedsgd": 1e-3, "fedkseed": 1e-3}
+DEFAULT_LR = {"feedsign": 4e-3, "dp-feedsign": 4e-3, "zo-fedsgd": 1e-3, "fedkseed": 1e-3}
 
 
 @dataclass
