@@ -16,7 +16,7 @@ def row(folder: pathlib.Path) -> dict:
         setting += f", {c['byzantine']} Byzantine of {c['clients']}"
     name = c["strategy"] + (f" ({c['aggregator']})" if c["strategy"] == "zo-fedsgd" and c["aggregator"] != "mean"
                             else "")
-    return dict(run=folder.name, strategy=name, setting=setting, steps=s["steps"],
+    return dict(run=folder.name, strategy=name, setting=setting, seed=c["seed"], steps=s["steps"],
                 initial=100 * s["initial_accuracy"], final=100 * s["final_accuracy"],
                 up_bits_per_step=s["payload_bits_up_per_client_per_step"],
                 down_bits_per_step=s["payload_bits_down_per_client_per_step"],
@@ -32,10 +32,11 @@ def main(argv=None):
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print("| strategy | setting | held-out accuracy | payload bits/step up, down | bytes up, down per client | time |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['strategy']} | {r['setting']} | {r['initial']:.1f}% -> {r['final']:.1f}% | "
+    print("| strategy | setting | seed | held-out accuracy | payload bits/step up, down | bytes up, down per client "
+          "| time |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: (r["strategy"], r["setting"], r["seed"])):
+        print(f"| {r['strategy']} | {r['setting']} | {r['seed']} | {r['initial']:.1f}% -> {r['final']:.1f}% | "
               f"{r['up_bits_per_step']:g}, {r['down_bits_per_step']:g} | {r['bytes_up']:,.0f}, {r['bytes_down']:,.0f} | "
               f"{r['seconds']:.0f} s |")
 

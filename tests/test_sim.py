@@ -59,3 +59,19 @@ def test_feedsign_resists_a_byzantine_client_better_than_zo_fedsgd():
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ValueError, match=f"config field '{field}'"):
         sim.SimConfig(**kw).validate()
+
+
+def test_fed_table_tabulates_run_folders(tmp_path, capsys):
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    import fed_table
+
+    for name, kw in (("a", dict(strategy="feedsign")), ("b", dict(strategy="zo-fedsgd", byzantine=1, dirichlet=0.5))):
+        sim.run(tasks.build("toy"), sim.SimConfig(clients=3, steps=6, lr=0.05, eval_every=3, **kw),
+                out=str(tmp_path / name), progress=False)
+    fed_table.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| feedsign | iid | 0 |") and "| 1, 1 | 150, 150 |" in out[2]
+    assert out[3].startswith("| zo-fedsgd | Dirichlet 0.5 (per-class), 1 Byzantine of 3 | 0 |")
