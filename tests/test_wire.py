@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zofed.wire import (FRAME_BYTES, ByteCounter, Checksum, PoolState, Scalars, SeedScalars, StepUpdates, Votes,
-                        WireError, decode, encode, payload_bits)
+from zofed.wire import (FRAME_BYTES, ByteCounter, Checksum, Dense, PoolState, Scalars, SeedScalars, StepUpdates,
+                        Votes, WireError, decode, encode, payload_bits)
 
 steps = st.integers(0, 2**63 - 1)
 f32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -24,6 +24,7 @@ messages = st.one_of(
     st.builds(StepUpdates, steps, st.lists(st.lists(st.tuples(st.integers(0, 2**64 - 1), f32), max_size=5).map(tuple),
                                            max_size=6).map(tuple)),
     st.builds(PoolState, steps, st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20).map(tuple)),
+    st.builds(Dense, steps, st.lists(f32, max_size=20).map(lambda v: struct.pack(f"<{len(v)}f", *v))),
 )
 
 
@@ -128,3 +129,14 @@ def test_step_updates_and_pool_state_sizes_and_errors():
         decode(_reframe(6, struct.pack("<QId", 0, 1, float("inf"))))
     with pytest.raises(WireError, match="seed"):
         encode(StepUpdates(0, (((-1, 0.5),),)))
+
+
+def test_dense_weights():
+    data = struct.pack("<3f", 1.0, -2.5, 0.0)
+    assert decode(encode(Dense(3, data))) == Dense(3, data) and payload_bits(Dense(3, data)) == 96
+    with pytest.raises(WireError, match="non-finite"):
+        encode(Dense(0, struct.pack("<f", float("nan"))))
+    with pytest.raises(WireError, match="whole float32"):
+        encode(Dense(0, b"\x00" * 5))
+    with pytest.raises(WireError, match="its count says"):
+        decode(_reframe(7, struct.pack("<QI", 0, 2) + data))

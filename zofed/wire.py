@@ -21,6 +21,7 @@ everything else (frame, step numbers, counts, padding), which is *framing*. Bodi
                  one step's ZO-FedSGD broadcast, or a catch-up history of many steps
     PoolState    step u64, count u32, count float64: a seed pool's accumulated coefficients (FedKSeed
                  catch-up); float64 because every replica sums the same broadcast values in that precision
+    Dense        step u64, count u32, count float32: a model's weights (FedAvg's exchange, for comparison)
 
 Decoding checks magic, version, type, lengths, CRC, padding and finiteness, and raises WireError
 naming the problem; it never returns a silently wrong value.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 import struct
+from array import array
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -237,8 +239,35 @@ class PoolState:
         return cls(step, values)
 
 
-MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState)}
-Message = Union[Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState]
+@dataclass(frozen=True)
+class Dense:
+    """Raw little-endian float32 weights (FedAvg's upload and broadcast): 32 bits of payload each. Kept as
+    bytes, since models are large; the limit on entries does not apply (a model is what it is)."""
+
+    step: int
+    data: bytes
+    TYPE = 7
+
+    def body(self) -> tuple[bytes, int]:
+        if not isinstance(self.data, bytes) or len(self.data) % 4:
+            raise WireError("Dense data must be bytes holding whole float32 values")
+        n = len(self.data) // 4
+        _finite(array("f", self.data))
+        return _RUN.pack(_check_step(self.step), n) + self.data, 32 * n
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Dense":
+        if len(body) < _RUN.size:
+            raise WireError(f"body of {len(body)} bytes is shorter than its {_RUN.size}-byte step/count header")
+        step, n = _RUN.unpack_from(body)
+        _exact(body, _RUN.size + 4 * n, "Dense")
+        data = bytes(body[_RUN.size:])
+        _finite(array("f", data))
+        return cls(_check_step(step), data)
+
+
+MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState, Dense)}
+Message = Union[Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState, Dense]
 
 
 def _run(body: bytes) -> tuple[int, int]:

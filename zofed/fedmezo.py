@@ -1,0 +1,200 @@
+"""FedMeZO (fedmezo.txt 2.2, 3.3, 5.4): FedAvg over H local MeZO steps per round, in two exchange encodings.
+
+Round r, from the global trainable weights S:
+  each sampled client i runs H ZO-SGD steps from S with its learning rate eta_i and the seeds
+  step_seed(run, r*H + h, i), then
+  - "dense":  uploads its weights (float32, 32 bits each); the server averages them by data size
+               (FedAvg, fedmezo.txt eq. 1) and broadcasts the average.
+  - "seeds":  uploads its H (seed, projection) pairs; the server broadcasts every client's pairs with
+               coefficients -p_i eta_i g_ih (p_i = n_i / n); each client restores S and applies them with
+               the multi-seed update. Exact for plain ZO-SGD: w_i = S - eta_i sum_h g_ih z_ih, so
+               sum_i p_i w_i = S - sum_i sum_h p_i eta_i g_ih z_ih. Bytes instead of megabytes, and every
+               replica ends bit-identical (same S, same broadcast).
+The two encodings round differently: dense rounds after each local step and in the average, seeds
+after each of the n*H broadcast terms. From the same S, with the same projections, they differ by at
+most (n + 1) * H + 2 float32 roundings of the largest weight magnitude reached, per element (tested).
+Over several rounds the projections themselves then drift apart, as any two fp32 runs do.
+
+Personalized learning rates (Prop. 3.7): eta_i = eta_0 (1 + alpha * Phi_i), Phi_i in (-1, 1) from one of
+three signals of the previous round(s) (section 5.4): "round-loss" (client's train loss minus the
+mean), "five-round-loss" (that, averaged over the last five rounds), "update" (the norm of the client's
+update minus the norm of the global update). Phi = tanh(x / mean|x|) over the clients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .client import Replica, weights_sha256
+from .data import dirichlet_split, iid_split
+from .seeds import step_seed
+from .wire import ByteCounter, Dense, SeedScalars, StepUpdates, decode
+
+SIGNALS = ("round-loss", "five-round-loss", "update")
+
+
+@dataclass
+class FedMeZOConfig:
+    clients: int = 5
+    rounds: int = 10
+    local_steps: int = 30  # H
+    lr: float = 1e-3  # eta_0
+    eps: float = 1e-3
+    batch: int = 16
+    encoding: str = "seeds"  # or "dense"
+    alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
+    signal: str = "update"
+    dirichlet: float | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("clients", "rounds", "local_steps", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"config field {name!r} must be a positive integer, got {v!r}")
+        if self.encoding not in ("seeds", "dense"):
+            raise ValueError(f"config field 'encoding' must be 'seeds' or 'dense', got {self.encoding!r}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"config field 'signal' must be one of {SIGNALS}, got {self.signal!r}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"config field 'alpha' must be in [0, 1) so every eta_i stays positive, got {self.alpha}")
+        for name in ("lr", "eps"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"config field {name!r} must be a positive finite number, got {getattr(self, name)}")
+
+
+def heterogeneity(signal: list[float]) -> list[float]:
+    """Phi in (-1, 1): tanh of each client's signal over the clients' mean magnitude."""
+    scale = sum(abs(x) for x in signal) / len(signal)
+    return [math.tanh(x / scale) if scale > 0 else 0.0 for x in signal]
+
+
+def _dense_bytes(params) -> bytes:
+    return b"".join(p.detach().float().cpu().contiguous().numpy().astype("<f4").tobytes() for p in params)
+
+
+def _load_dense(params, data: bytes) -> None:
+    flat = torch.from_numpy(np.frombuffer(data, dtype="<f4").copy())
+    n = 0
+    for p in params:
+        p.copy_(flat[n:n + p.numel()].view_as(p))
+        n += p.numel()
+
+
+class FedMeZO:
+    """Runs FedMeZO on a task. `replicas`: one Replica per client (separate models, to show they agree), or
+    one shared by all (what a simulator needs: the clients' trajectories run one after another)."""
+
+    def __init__(self, task, cfg: FedMeZOConfig, replicas: list[Replica] | None = None):
+        cfg.validate()
+        self.task, self.cfg = task, cfg
+        self.replicas = replicas or [Replica(task.model, eps=cfg.eps)]
+        if len(self.replicas) not in (1, cfg.clients):
+            raise ValueError(f"give one replica, or one per client ({cfg.clients}), not {len(self.replicas)}")
+        labels = task.labels
+        self.parts = (iid_split(labels, cfg.clients, seed=cfg.seed) if cfg.dirichlet is None else
+                      dirichlet_split(labels, cfg.clients, cfg.dirichlet, seed=cfg.seed))
+        total = sum(len(p) for p in self.parts)
+        self.weights = [len(p) / total for p in self.parts]  # FedAvg's p_i
+        self.counter = ByteCounter()
+        self.phi = [0.0] * cfg.clients
+        self.loss_gaps: list[list[float]] = []
+        self.lrs: list[list[float]] = []
+        self.round = 0
+
+    def replica(self, client: int) -> Replica:
+        return self.replicas[client if len(self.replicas) > 1 else 0]
+
+    def _local(self, client: int, lr: float) -> tuple[list[tuple[int, float]], float]:
+        """H MeZO steps from the replica's current weights: the (seed, projection) pairs and the mean loss."""
+        cfg, rep, task = self.cfg, self.replica(client), self.task
+        pairs, losses = [], []
+        for h in range(cfg.local_steps):
+            seed = step_seed(cfg.seed, self.round * cfg.local_steps + h, client)
+            rows = np.random.default_rng([cfg.seed, self.round, h, client]).integers(0, len(self.parts[client]),
+                                                                                     cfg.batch)
+            batch = task.batch([self.parts[client][i] for i in rows])
+            plus, minus = rep.evaluate_pair(seed, lambda: task.losses(rep.model, batch).mean())
+            g = (float(plus) - float(minus)) / (2 * cfg.eps)
+            if not math.isfinite(g):
+                raise FloatingPointError(f"non-finite loss for client {client} in round {self.round}")
+            rep.apply([("update", (seed,), (-lr * g,))])
+            pairs.append((seed, g))
+            losses.append((float(plus) + float(minus)) / 2)
+        return pairs, sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def step(self) -> dict:
+        """One round; returns its record (learning rates, losses, bytes so far)."""
+        cfg = self.cfg
+        lrs = [cfg.lr * (1 + cfg.alpha * phi) for phi in self.phi]
+        start = [[p.detach().clone() for p in r.params] for r in self.replicas]
+        uploads, losses, norms = {}, [], []
+        for i in range(cfg.clients):
+            rep = self.replica(i)
+            pairs, loss = self._local(i, lrs[i])
+            losses.append(loss)
+            own = start[i if len(self.replicas) > 1 else 0]
+            norms.append(math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(rep.params, own))))
+            if cfg.encoding == "dense":
+                uploads[i] = decode(self.counter.send(i, "up", Dense(self.round, _dense_bytes(rep.params))))
+            else:
+                seeds, values = zip(*pairs)
+                uploads[i] = decode(self.counter.send(i, "up", SeedScalars(self.round * cfg.local_steps, seeds,
+                                                                           values)))
+            for p, s in zip(rep.params, own):  # back to S for the next client / the broadcast
+                p.copy_(s)
+        # the server: average dense weights, or broadcast every pair with its FedAvg coefficient
+        if cfg.encoding == "dense":
+            flats = [torch.from_numpy(np.frombuffer(uploads[i].data, dtype="<f4").copy()) for i in range(cfg.clients)]
+            avg = sum(w * f.double() for w, f in zip(self.weights, flats)).float()
+            down = Dense(self.round, avg.numpy().astype("<f4").tobytes())
+        else:
+            down = StepUpdates(self.round, (tuple((s, -self.weights[i] * lrs[i] * g)
+                                                  for i in range(cfg.clients)
+                                                  for s, g in zip(uploads[i].seeds, uploads[i].values)),))
+        for i in range(cfg.clients):
+            frame = self.counter.send(i, "down", down)
+            if len(self.replicas) > 1 or i == 0:  # a shared replica takes the broadcast once
+                self._apply(self.replica(i), decode(frame))
+        global_norm = math.sqrt(sum(float((p.float() - s.float()).pow(2).sum())
+                                    for p, s in zip(self.replicas[0].params, start[0])))
+        self._personalize(losses, norms, global_norm)
+        self.lrs.append(lrs)
+        self.round += 1
+        return dict(round=self.round, lrs=lrs, train_loss=sum(w * x for w, x in zip(self.weights, losses)))
+
+    def _apply(self, rep: Replica, down) -> None:
+        if isinstance(down, Dense):
+            _load_dense(rep.params, down.data)
+        else:
+            (pairs,) = down.steps
+            rep.apply([("update", tuple(s for s, _ in pairs), tuple(c for _, c in pairs))])
+
+    def _personalize(self, losses, norms, global_norm) -> None:
+        mean = sum(w * x for w, x in zip(self.weights, losses))
+        self.loss_gaps.append([x - mean for x in losses])
+        if self.cfg.signal == "round-loss":
+            signal = self.loss_gaps[-1]
+        elif self.cfg.signal == "five-round-loss":
+            recent = self.loss_gaps[-5:]
+            signal = [sum(r[i] for r in recent) / len(recent) for i in range(self.cfg.clients)]
+        else:
+            signal = [n - global_norm for n in norms]
+        self.phi = heterogeneity(signal)
+
+    def run(self) -> dict:
+        first = self.task.evaluate(self.task.model)
+        for _ in range(self.cfg.rounds):
+            self.step()
+        last = self.task.evaluate(self.task.model)
+        up = [self.counter.client(i, "up") for i in range(self.cfg.clients)]
+        down = [self.counter.client(i, "down") for i in range(self.cfg.clients)]
+        return dict(initial_accuracy=first["accuracy"], final_accuracy=last["accuracy"],
+                    bytes_up_per_client=sum(u["bytes"] for u in up) / len(up),
+                    bytes_down_per_client=sum(d["bytes"] for d in down) / len(down),
+                    model_sha256=weights_sha256(self.task.model), lrs=self.lrs)
