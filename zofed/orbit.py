@@ -8,9 +8,9 @@ File layout (little-endian), no pickle anywhere:
     5       1     noise spec version (zokernels.spec.SPEC_VERSION)
     6       32    sha256 of the base weights (client.weights_sha256)
     38      32    sha256 of the final weights
-    70      2     n, length of the run config
-    72      n     run config, compact UTF-8 JSON: strategy and its options, lr, eps, dist, run seed, steps,
-                  task and its options
+    70      2     n, length of the compressed run config
+    72      n     run config: compact UTF-8 JSON (strategy and its options, lr, eps, dist, run seed, steps,
+                  task and its options), zlib-compressed (a 10,000-step FeedSign orbit is 1478 bytes)
     72 + n  ...   the broadcasts of steps 0..steps-1 as one zofed.wire frame (the strategy's catch-up
                   history: FeedSign's votes bit-packed)
     end-4   4     CRC-32 of everything before
@@ -34,6 +34,7 @@ from . import strategies, wire
 MAGIC = b"ZFOB"
 FORMAT_VERSION = 1
 _HEAD = struct.Struct("<4sBB32s32sH")
+_MAX_CONFIG = 1 << 20  # bytes of inflated config: bounds what a corrupt file can make us allocate
 
 
 class OrbitError(ValueError):
@@ -53,7 +54,7 @@ class Orbit:
 
 
 def to_bytes(orbit: Orbit) -> bytes:
-    config = json.dumps(orbit.config, sort_keys=True, separators=(",", ":")).encode()
+    config = zlib.compress(json.dumps(orbit.config, sort_keys=True, separators=(",", ":")).encode(), 9)
     if len(config) >= 1 << 16:
         raise OrbitError("the run config does not fit an orbit header (64 KiB)")
     head = _HEAD.pack(MAGIC, FORMAT_VERSION, spec.SPEC_VERSION, bytes.fromhex(orbit.base_sha256),
@@ -78,9 +79,13 @@ def from_bytes(data: bytes) -> Orbit:
     if _HEAD.size + n > len(data) - 4:
         raise OrbitError("corrupt orbit: the config runs past the end of the file")
     try:
-        config = json.loads(data[_HEAD.size:_HEAD.size + n].decode())
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(data[_HEAD.size:_HEAD.size + n], _MAX_CONFIG)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError(f"the run config is not a complete zlib stream of at most {_MAX_CONFIG} bytes")
+        config = json.loads(text.decode())
         history = wire.decode(data[_HEAD.size + n:-4])
-    except (UnicodeDecodeError, ValueError) as exc:  # json and wire errors are ValueErrors
+    except (UnicodeDecodeError, ValueError, zlib.error) as exc:  # json and wire errors are ValueErrors
         raise OrbitError(f"corrupt orbit: {exc}") from None
     orbit = Orbit(config, base.hex(), final.hex(), history)
     try:
