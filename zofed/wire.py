@@ -67,6 +67,22 @@ def _run_head(first_step, count: int) -> bytes:
     return _RUN.pack(_check_step(first_step), _check_count(count))
 
 
+def _pack_values(step, values, code: str) -> tuple[bytes, int]:
+    """A (step, count) head and finite values packed as struct `code` ("f" float32, "d" float64)."""
+    n = len(values)
+    head = _run_head(step, n)
+    _finite(values)
+    return head + struct.pack(f"<{n}{code}", *values), 8 * struct.calcsize(code) * n
+
+
+def _unpack_values(body: bytes, code: str, what: str) -> tuple[int, tuple[float, ...]]:
+    step, n = _run(body)
+    _exact(body, _RUN.size + struct.calcsize(code) * n, what)
+    values = struct.unpack_from(f"<{n}{code}", body, _RUN.size)
+    _finite(values)
+    return step, values
+
+
 @dataclass(frozen=True)
 class Votes:
     """Signs (+1/-1) for consecutive steps from first_step: 1 bit of payload each."""
@@ -106,18 +122,11 @@ class Scalars:
     TYPE = 2
 
     def body(self) -> tuple[bytes, int]:
-        n = len(self.values)
-        head = _run_head(self.first_step, n)
-        _finite(self.values)
-        return head + struct.pack(f"<{n}f", *self.values), 32 * n
+        return _pack_values(self.first_step, self.values, "f")
 
     @classmethod
     def parse(cls, body: bytes) -> "Scalars":
-        first, n = _run(body)
-        _exact(body, _RUN.size + 4 * n, "Scalars")
-        values = struct.unpack_from(f"<{n}f", body, _RUN.size)
-        _finite(values)
-        return cls(first, values)
+        return cls(*_unpack_values(body, "f", "Scalars"))
 
 
 @dataclass(frozen=True)
@@ -225,18 +234,11 @@ class PoolState:
     TYPE = 6
 
     def body(self) -> tuple[bytes, int]:
-        n = len(self.values)
-        head = _run_head(self.step, n)
-        _finite(self.values)
-        return head + struct.pack(f"<{n}d", *self.values), 64 * n
+        return _pack_values(self.step, self.values, "d")
 
     @classmethod
     def parse(cls, body: bytes) -> "PoolState":
-        step, n = _run(body)
-        _exact(body, _RUN.size + 8 * n, "PoolState")
-        values = struct.unpack_from(f"<{n}d", body, _RUN.size)
-        _finite(values)
-        return cls(step, values)
+        return cls(*_unpack_values(body, "d", "PoolState"))
 
 
 @dataclass(frozen=True)
