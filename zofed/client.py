@@ -25,10 +25,14 @@ def weights_sha256(model: nn.Module) -> str:
     model_sha256 of run summaries and orbits."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(_raw_bytes(t))
     return h.hexdigest()
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's elements as stored, row-major (any dtype, bfloat16 included)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 class Replica:
@@ -85,7 +89,7 @@ class Replica:
         """A 16-byte blake2b digest of the trainable weights (in noise-key order)."""
         h = hashlib.blake2b(digest_size=16)
         for p in sorted(self.params, key=lambda p: self.opt.key_of[id(p)]):
-            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(_raw_bytes(p))
         return h.digest()
 
 

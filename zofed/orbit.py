@@ -22,14 +22,13 @@ multi-seed chunks (bit-identical to the live run) and checks the final sha256.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from dataclasses import dataclass
 
 from zokernels import spec
 
-from . import strategies, wire
+from . import atomic, strategies, wire
 
 MAGIC = b"ZFOB"
 FORMAT_VERSION = 1
@@ -111,13 +110,7 @@ def make_strategy(config: dict) -> strategies.Strategy:
 
 def save(path, orbit: Orbit) -> None:
     """Write atomically: a crash leaves the old file or the new one, never a torn one."""
-    data = to_bytes(orbit)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, to_bytes(orbit))
 
 
 def load(path) -> Orbit:

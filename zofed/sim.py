@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import atomic
 from . import orbit as orbits
 from . import strategies
 from .client import Replica, weights_sha256
@@ -128,14 +129,7 @@ def split_clients(task, cfg: SimConfig) -> list[list[int]]:
 
 
 def _write_json(path: str, obj) -> None:
-    """Atomically: a kill leaves the old file or the new one, never a torn one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 CHECKPOINT = "checkpoint.json"
@@ -265,27 +259,25 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
 
 
 def _write_lines(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def _availability(server: ParameterServer, cfg: SimConfig, step: int) -> None:
     """Clients go offline with probability cfg.dropout per step; one coming back catches up first (the
     shared replica already holds those steps: the frames are decoded and counted, not applied)."""
+    def bring_online(c: int) -> None:
+        server.set_online(c, True)
+        for frame in server.catch_up(c):
+            decode(frame)
+
     for c in range(cfg.clients):
         online = unit(cfg.seed, _OFFLINE, step, c) >= cfg.dropout
         if online and c not in server.online:
-            server.set_online(c, True)
-            for frame in server.catch_up(c):
-                decode(frame)
+            bring_online(c)
         elif not online:
             server.set_online(c, False)
     if not server.online:  # somebody must answer: the lowest id stays reachable
-        server.set_online(0, True)
-        for frame in server.catch_up(0):
-            decode(frame)
+        bring_online(0)
 
 
 def _projections(task, replica, strategy, step, batches, eps):
