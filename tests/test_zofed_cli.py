@@ -100,3 +100,29 @@ def test_plot_overlays_runs(tmp_path):
     assert proc.stdout.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
     proc = _zofed("plot", str(tmp_path), "--out", str(png), check=False)
     assert proc.returncode == 2 and "not a finished zofed run folder" in proc.stderr
+
+
+def test_round_strategies_take_their_own_fields(tmp_path):
+    o = _parse("--strategy", "zowarmup", "--high-fraction", "0.3", "--high-res-only", "--out", "d")
+    assert o["task"] == "digits" and o["high_fraction"] == 0.3 and o["high_res_only"] is True
+    assert _parse("--strategy", "fedmezo", "--encoding", "dense", "--out", "d")["task"] == "vader"
+    with pytest.raises(ValueError, match="'steps' does not apply to strategy 'zowarmup'"):
+        _parse("--strategy", "zowarmup", "--steps", "3", "--out", "d")
+    with pytest.raises(ValueError, match="'local_steps' does not apply to strategy 'feedsign'"):
+        _parse("--local-steps", "3", "--out", "d")
+    proc = _zofed("run", "--strategy", "fedmezo", "--encoding", "sparse", "--out", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and "config field 'encoding' must be one of ('seeds', 'dense')" in proc.stderr
+
+
+def test_zowarmup_digits_run_writes_the_outputs_and_resumes(tmp_path):
+    args = ("run", "--strategy", "zowarmup", "--warmup-rounds", "4", "--zo-rounds", "4", "--eval-every", "4",
+            "--out", str(tmp_path), "--no-progress")
+    first = _zofed(*args)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["task"] == "digits" and s["steps"] == 8 and s["orbit"] is None and "no orbit" in first.stdout
+    assert {p.name for p in tmp_path.iterdir()} >= {"metrics.jsonl", "summary.json", "checkpoint.pt",
+                                                    "loss_accuracy.png", "accuracy_bytes.png"}
+    phases = [json.loads(line).get("phase") for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert phases == [None] + ["fo"] * 4 + ["zo"] * 4
+    again = _zofed(*args)  # finished: the same command reports the same weights
+    assert s["model_sha256"] in again.stdout

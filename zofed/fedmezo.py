@@ -23,48 +23,18 @@ update minus the norm of the global update). Phi = tanh(x / mean|x|) over the cl
 
 from __future__ import annotations
 
+import base64
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .client import Replica, weights_sha256
+from .client import Replica
+from .configs import FedMeZOConfig
 from .data import dirichlet_split, iid_split
 from .seeds import step_seed
-from .wire import ByteCounter, Dense, SeedScalars, StepUpdates, decode
-
-SIGNALS = ("round-loss", "five-round-loss", "update")
-
-
-@dataclass
-class FedMeZOConfig:
-    clients: int = 5
-    rounds: int = 10
-    local_steps: int = 30  # H
-    lr: float = 1e-3  # eta_0
-    eps: float = 1e-3
-    batch: int = 16
-    encoding: str = "seeds"  # or "dense"
-    alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
-    signal: str = "update"
-    dirichlet: float | None = None
-    seed: int = 0
-
-    def validate(self) -> None:
-        for name in ("clients", "rounds", "local_steps", "batch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"config field {name!r} must be a positive integer, got {v!r}")
-        if self.encoding not in ("seeds", "dense"):
-            raise ValueError(f"config field 'encoding' must be 'seeds' or 'dense', got {self.encoding!r}")
-        if self.signal not in SIGNALS:
-            raise ValueError(f"config field 'signal' must be one of {SIGNALS}, got {self.signal!r}")
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"config field 'alpha' must be in [0, 1) so every eta_i stays positive, got {self.alpha}")
-        for name in ("lr", "eps"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"config field {name!r} must be a positive finite number, got {getattr(self, name)}")
+from .strategies import Broadcasts
+from .wire import ByteCounter, Dense, SeedScalars, StepUpdates, decode, encode
 
 
 def heterogeneity(signal: list[float]) -> list[float]:
@@ -86,8 +56,12 @@ def _load_dense(params, data: bytes) -> None:
 
 
 class FedMeZO:
-    """Runs FedMeZO on a task. `replicas`: one Replica per client (separate models, to show they agree), or
-    one shared by all (what a simulator needs: the clients' trajectories run one after another)."""
+    """Runs FedMeZO on a task, one round per `step()` (zofed.rounds.run drives it with outputs and resumption).
+    `replicas`: one Replica per client (separate models, to show they agree), or one shared by all (what a
+    simulator needs: the clients' trajectories run one after another)."""
+
+    name = "fedmezo"
+    dist = "gaussian"
 
     def __init__(self, task, cfg: FedMeZOConfig, replicas: list[Replica] | None = None):
         cfg.validate()
@@ -104,7 +78,11 @@ class FedMeZO:
         self.phi = [0.0] * cfg.clients
         self.loss_gaps: list[list[float]] = []
         self.lrs: list[list[float]] = []
+        self.downs: list[StepUpdates] = []  # the seed-replay broadcasts: the orbit
         self.round = 0
+        self.no_orbit = None if cfg.encoding == "seeds" else (
+            "a dense FedMeZO run has no orbit: the average of the clients' weights is not a sum of seeded updates "
+            "(use encoding = \"seeds\" for a bit-exact orbit)")
 
     def replica(self, client: int) -> Replica:
         return self.replicas[client if len(self.replicas) > 1 else 0]
@@ -161,19 +139,20 @@ class FedMeZO:
             frame = self.counter.send(i, "down", down)
             if len(self.replicas) > 1 or i == 0:  # a shared replica takes the broadcast once
                 self._apply(self.replica(i), decode(frame))
+        if cfg.encoding == "seeds":
+            self.downs.append(down)
         global_norm = math.sqrt(sum(float((p.float() - s.float()).pow(2).sum())
                                     for p, s in zip(self.replicas[0].params, start[0])))
         self._personalize(losses, norms, global_norm)
         self.lrs.append(lrs)
         self.round += 1
-        return dict(round=self.round, lrs=lrs, train_loss=sum(w * x for w, x in zip(self.weights, losses)))
+        return dict(step=self.round, loss=sum(w * x for w, x in zip(self.weights, losses)), lrs=lrs)
 
     def _apply(self, rep: Replica, down) -> None:
         if isinstance(down, Dense):
             _load_dense(rep.params, down.data)
         else:
-            (pairs,) = down.steps
-            rep.apply([("update", tuple(s for s, _ in pairs), tuple(c for _, c in pairs))])
+            rep.apply(Broadcasts().ops(down.first_step, down))
 
     def _personalize(self, losses, norms, global_norm) -> None:
         mean = sum(w * x for w, x in zip(self.weights, losses))
@@ -187,14 +166,24 @@ class FedMeZO:
             signal = [n - global_norm for n in norms]
         self.phi = heterogeneity(signal)
 
-    def run(self) -> dict:
-        first = self.task.evaluate(self.task.model)
-        for _ in range(self.cfg.rounds):
-            self.step()
-        last = self.task.evaluate(self.task.model)
-        up = [self.counter.client(i, "up") for i in range(self.cfg.clients)]
-        down = [self.counter.client(i, "down") for i in range(self.cfg.clients)]
-        return dict(initial_accuracy=first["accuracy"], final_accuracy=last["accuracy"],
-                    bytes_up_per_client=sum(u["bytes"] for u in up) / len(up),
-                    bytes_down_per_client=sum(d["bytes"] for d in down) / len(down),
-                    model_sha256=weights_sha256(self.task.model), lrs=self.lrs)
+    def orbit_history(self) -> StepUpdates | None:
+        return Broadcasts().history(0, self.downs) if self.no_orbit is None else None
+
+    def state_dict(self) -> dict:
+        if len(self.replicas) > 1:
+            raise RuntimeError("state_dict covers the shared-replica simulator; save each client's replica instead")
+        return dict(round=self.round, weights=[p.detach().clone() for p in self.replicas[0].params], phi=self.phi,
+                    loss_gaps=self.loss_gaps, lrs=self.lrs, counter=self.counter.state_dict(),
+                    downs=base64.b64encode(encode(self.orbit_history())).decode() if self.downs else "")
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for p, w in zip(self.replicas[0].params, state["weights"]):
+            p.copy_(w)
+        self.round, self.phi, self.loss_gaps, self.lrs = state["round"], state["phi"], state["loss_gaps"], state["lrs"]
+        self.counter.load_state_dict(state["counter"])
+        self.downs = Broadcasts().steps_of(decode(base64.b64decode(state["downs"]))) if state["downs"] else []
+
+    def close(self) -> None:
+        for r in self.replicas:
+            r.close()

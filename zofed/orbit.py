@@ -104,6 +104,8 @@ def _check(orbit: Orbit) -> None:
 
 
 def make_strategy(config: dict) -> strategies.Strategy:
+    if config["strategy"] == strategies.Broadcasts.name:
+        return strategies.Broadcasts()
     return strategies.make(config["strategy"], lr=config["lr"], run_seed=config["run_seed"],
                            **config.get("strategy_options", {}))
 

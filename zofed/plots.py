@@ -53,11 +53,18 @@ def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
 
 def _label(summary: dict) -> str:
     c = summary["config"]
-    parts = [c["strategy"] + (f" ({c['aggregator']})" if c["strategy"] == "zo-fedsgd" and c["aggregator"] != "mean"
-                              else ""), f"K={c['clients']}"]
+    name = c["strategy"]
+    if name == "zo-fedsgd" and c["aggregator"] != "mean":
+        name += f" ({c['aggregator']})"
+    elif name == "zowarmup":
+        high = round(100 * c["high_fraction"])
+        name = ("high-res-only" if c["high_res_only"] else "zowarmup") + f" {high}/{100 - high}"
+    elif name == "fedmezo":
+        name += f" ({c['encoding']})"
+    parts = [name, f"K={c['clients']}"]
     if c["dirichlet"] is not None:
         parts.append(f"Dir({c['dirichlet']})")
-    if c["byzantine"]:
+    if c.get("byzantine"):
         parts.append(f"{c['byzantine']} Byzantine")
     return ", ".join(parts)
 

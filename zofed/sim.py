@@ -16,10 +16,8 @@ import base64
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,97 +26,14 @@ from . import atomic
 from . import orbit as orbits
 from . import strategies
 from .client import Replica, weights_sha256
-from .data import CONVENTIONS, dirichlet_split, iid_split
+from .configs import DEFAULT_LR, SimConfig  # noqa: F401 (DEFAULT_LR: part of this module's API)
+from .data import dirichlet_split, iid_split
 from .seeds import unit
 from zokernels.seeding import derive_seed
 from .server import ParameterServer
 from .wire import ByteCounter, decode, encode
 
 _OFFLINE, _LATENCY, _SECRET = 0x0F, 0x1A, 0x5EC
-
-
-# Step sizes tuned on the vader task (FeedSign's lr is the size of each signed step along z; ZO-FedSGD's
-# multiplies the projection, which is O(1) there).
-DEFAULT_LR = {"feedsign": 4e-3, "dp-feedsign": 4e-3, "zo-fedsgd": 1e-3, "fedkseed": 1e-3}
-
-
-@dataclass
-class SimConfig:
-    """A simulated run. lr is the step size (for FeedSign the size of each signed step along z)."""
-
-    strategy: str = "feedsign"
-    clients: int = 5
-    steps: int = 400
-    lr: float | None = None  # None: DEFAULT_LR of the strategy
-    eps: float = 1e-3
-    batch: int = 16  # examples per client per step
-    byzantine: int = 0  # the last `byzantine` clients attack (reversed sign / random projection)
-    byzantine_scale: float = 100.0  # a random projection is uniform in [-scale, scale] (vader: median |p| 2.3)
-    dirichlet: float | None = None  # label-skew concentration beta; None: iid
-    convention: str = "per-class"
-    dp_epsilon: float = 1.0
-    aggregator: str = "mean"  # zo-fedsgd: mean (a seed per client), median or trimmed-mean (shared seed)
-    pool_size: int = 64
-    pool_sampling: str = "uniform"
-    participation: float = 1.0  # fraction of online clients sampled per round
-    dropout: float = 0.0  # probability that a client is offline at a step (it catches up when back)
-    quorum: int | None = None
-    deadline: float | None = None  # seconds; simulated reply latencies are uniform in [0, 1) s
-    dist: str = "gaussian"
-    seed: int = 0
-    eval_every: int = 50
-
-    def __post_init__(self):
-        if self.lr is None:
-            self.lr = DEFAULT_LR.get(self.strategy, 1e-3)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        def bad(name, why):
-            raise ValueError(f"config field {name!r} {why}, got {getattr(self, name)!r}")
-
-        for f in dataclasses.fields(self):  # types first, so the range checks below compare numbers
-            v, kind = getattr(self, f.name), f.type.split(" |")[0]
-            if v is None and "None" in f.type:
-                continue
-            if kind == "str" and not isinstance(v, str) or kind != "str" and (
-                    isinstance(v, bool) or not isinstance(v, int if kind == "int" else (int, float))):
-                bad(f.name, "must be " + {"str": "a string", "int": "an integer", "float": "a number"}[kind])
-        for name in ("clients", "steps", "batch", "eval_every", "pool_size"):
-            if getattr(self, name) < 1:
-                bad(name, "must be a positive integer")
-        choices = dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS,
-                       aggregator=strategies.ZOFedSGD.AGGREGATORS, pool_sampling=("uniform", "importance"),
-                       dist=("gaussian", "rademacher", "uniform"))
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                bad(name, f"must be one of {tuple(allowed)}")
-        for name in ("lr", "eps", "byzantine_scale") + (("dirichlet",) if self.dirichlet is not None else ()) + (
-                ("deadline",) if self.deadline is not None else ()):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                bad(name, "must be a positive finite number")
-        if not 0 <= self.byzantine <= self.clients:
-            bad("byzantine", f"must be an integer in [0, clients={self.clients}]")
-        if not (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon)):
-            bad("dp_epsilon", "must be a finite number >= 0")
-        if not 0 < self.participation <= 1:
-            bad("participation", "must be in (0, 1]")
-        if not 0 <= self.dropout < 1:
-            bad("dropout", "must be in [0, 1)")
-        if self.quorum is not None and not 1 <= self.quorum <= self.clients:
-            bad("quorum", f"must be in [1, clients={self.clients}]")
-        if not 0 <= self.seed < 2**63:
-            bad("seed", "must be an integer in [0, 2**63)")
-
-    def strategy_options(self) -> dict:
-        """The options this strategy takes (what an orbit records to rebuild it)."""
-        return {"dp-feedsign": dict(epsilon=self.dp_epsilon),
-                "zo-fedsgd": dict(aggregator=self.aggregator),
-                "fedkseed": dict(pool_size=self.pool_size, sampling=self.pool_sampling)}.get(self.strategy, {})
-
-    def make_strategy(self) -> strategies.Strategy:
-        kw = dict(byzantine_scale=self.byzantine_scale) if self.strategy in ("zo-fedsgd", "fedkseed") else {}
-        return strategies.make(self.strategy, lr=self.lr, run_seed=self.seed, **self.strategy_options(), **kw)
 
 
 def split_clients(task, cfg: SimConfig) -> list[list[int]]:

@@ -204,16 +204,45 @@ class ZOFedSGD(Strategy):
     def history(self, first_step, downs):
         if self.shared_seed:
             return Scalars(first_step, tuple(d.values[0] for d in downs))
-        return StepUpdates(first_step, tuple(d.steps[0] for d in downs))
+        return _join_steps(first_step, downs)
 
     def steps_of(self, history):
         if self.shared_seed:
             if not isinstance(history, Scalars):
                 raise ValueError(f"this history is a Scalars message, got {type(history).__name__}")
             return [Scalars(history.first_step + i, (v,)) for i, v in enumerate(history.values)]
-        if not isinstance(history, StepUpdates):
-            raise ValueError(f"this history is a StepUpdates message, got {type(history).__name__}")
-        return [StepUpdates(history.first_step + i, (s,)) for i, s in enumerate(history.steps)]
+        return _split_steps(history)
+
+
+def _join_steps(first_step: int, downs: list[StepUpdates]) -> StepUpdates:
+    return StepUpdates(first_step, tuple(d.steps[0] for d in downs))
+
+
+def _split_steps(history: Message) -> list[StepUpdates]:
+    if not isinstance(history, StepUpdates):
+        raise ValueError(f"this history is a StepUpdates message, got {type(history).__name__}")
+    return [StepUpdates(history.first_step + i, (s,)) for i, s in enumerate(history.steps)]
+
+
+class Broadcasts(Strategy):
+    """Broadcasts whose values are the final update coefficients, applied as they are: FedMeZO's seed-replay
+    rounds (zofed.fedmezo computes the coefficients). Only replayed (orbits, the FedMeZO replicas), never
+    run by the step simulator, so it is not in STRATEGIES."""
+
+    name = "fedmezo"
+
+    def __init__(self):  # no lr or seed of its own: the coefficients and seeds travel in the broadcasts
+        pass
+
+    def ops(self, step, down):
+        (pairs,) = _one(down, StepUpdates, step, "broadcast").steps
+        return [("update", tuple(s for s, _ in pairs), tuple(c for _, c in pairs))]
+
+    def history(self, first_step, downs):
+        return _join_steps(first_step, downs)
+
+    def steps_of(self, history):
+        return _split_steps(history)
 
 
 class FedKSeed(ZOFedSGD):

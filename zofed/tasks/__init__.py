@@ -2,7 +2,8 @@
 
 The simulator, the CLI and orbit replay use only this interface, so other tasks and models plug in
 through the Python API (`register`). Built-in: "vader", the pretrained all-MiniLM-L6-v2 on the VADER
-lexicon (real weights and data that ship inside PyPI packages: no hub downloads).
+lexicon, and "digits", a small CNN from random initialization on scikit-learn's bundled 8x8 digits
+(real weights and data that ship inside PyPI packages: no hub downloads).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Task:
 
 
 _BUILDERS: dict[str, Callable[..., Task]] = {}
+BUILT_IN = ("vader", "digits")
 
 
 def register(name: str, builder: Callable[..., Task]) -> None:
@@ -38,10 +40,10 @@ def register(name: str, builder: Callable[..., Task]) -> None:
 
 
 def build(name: str, **options) -> Task:
-    if name == "vader" and name not in _BUILDERS:
-        from . import vader
+    if name in BUILT_IN and name not in _BUILDERS:  # imported on first use: each needs its own packages
+        import importlib
 
-        register("vader", vader.task)
+        register(name, importlib.import_module(f".{name}", __name__).task)
     if name not in _BUILDERS:
-        raise ValueError(f"unknown task {name!r}; registered: {sorted(_BUILDERS) or ['vader']}")
+        raise ValueError(f"unknown task {name!r}; known: {sorted(set(_BUILDERS) | set(BUILT_IN))}")
     return _BUILDERS[name](**options)

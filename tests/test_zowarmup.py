@@ -1,0 +1,102 @@
+"""ZOWarmUp: tiers, the first-order warm-up, the ZO rounds' estimate and wire traffic, FedAdam, the baseline."""
+
+import copy
+
+import pytest
+import torch
+
+from fedtoy import toy_task
+from zofed import rounds, tasks
+from zofed.configs import ZOWarmUpConfig
+from zofed.zowarmup import ZOWarmUp, high_tier, sample
+
+TOY = dict(clients=10, high_fraction=0.3, warmup_rounds=3, zo_rounds=3, fo_lr=0.2, zo_lr=0.05, dirichlet=0.5,
+           eval_every=2, seed=5)
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_tiers_and_sampling():
+    cfg = ZOWarmUpConfig(clients=50, high_fraction=0.3, participation=0.2, seed=1)
+    high = high_tier(cfg)
+    assert len(high) == 15 and high == high_tier(cfg) and high != high_tier(ZOWarmUpConfig(high_fraction=0.3, seed=2))
+    assert len(high_tier(ZOWarmUpConfig(clients=50, high_fraction=0.001))) == 1  # at least one
+    picked = [sample(cfg, t, high) for t in range(200)]
+    assert all(p and set(p) <= set(high) for p in picked)
+    assert 0.1 < sum(map(len, picked)) / (200 * 15) < 0.3  # participation 0.2 (fixed seeds, loose bound)
+
+
+def test_warm_up_round_is_fedavg_of_local_sgd():
+    """One high-resource client, one epoch in one batch, server FedAvg with step 1: the round is one SGD step."""
+    task = toy_task()
+    cfg = ZOWarmUpConfig(**dict(TOY, high_fraction=0.1, local_epochs=1, fo_batch=10_000))
+    run = ZOWarmUp(task, cfg)
+    (c,) = run.high
+    model = copy.deepcopy(task.model)
+    loss = task.losses(model, task.batch(run.parts[c])).mean()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    expected = torch.cat([(p - cfg.fo_lr * g).detach().reshape(-1) for p, g in zip(model.parameters(), grads)])
+    run.step()
+    # w + 1.0 * (avg - w) may differ from avg by one rounding of |w|
+    torch.testing.assert_close(_flat(task.model), expected, rtol=0, atol=2 * 2.0**-24 * expected.abs().max().item())
+    size = 4 * expected.numel()
+    assert run.counter.client(c, "up")["payload_bits"] == run.counter.client(c, "down")["payload_bits"] == 8 * size
+    assert all(run.counter.client(k, "down")["messages"] == 0 for k in range(cfg.clients) if k != c)
+
+
+def test_zo_round_estimates_the_gradient_of_the_sampled_data():
+    """With many probes the broadcast step points along -grad of the data-weighted loss, with size lr tau^2 |grad|
+    (E[z z^T] = tau^2 I for z = tau * Rademacher). 10 clients x 300 probes for 83 weights: fixed seeds."""
+    task = toy_task()
+    cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=0, zo_rounds=1, perturbations=300, eps=1e-4, tau=0.5))
+    run = ZOWarmUp(task, cfg)
+    rows = [i for part in run.parts for i in part]
+    model = copy.deepcopy(task.model)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        task.losses(model, task.batch(rows)).mean(), list(model.parameters()))])
+    before = _flat(task.model)
+    run.step()
+    step = _flat(task.model) - before
+    cos = torch.dot(step, -grad) / (step.norm() * grad.norm())
+    assert cos > 0.9, cos
+    assert 0.8 < step.norm() / (cfg.zo_lr * cfg.tau**2 * grad.norm()) < 1.4
+    for c in range(cfg.clients):  # S float32 differences up; the gathered list of 10 x S pairs down (+ the pivot)
+        assert run.counter.client(c, "up")["payload_bits"] == 32 * cfg.perturbations
+        down = run.counter.client(c, "down")
+        assert down["messages"] == 2 and down["payload_bits"] == 32 * before.numel() + 96 * 10 * cfg.perturbations
+
+
+@pytest.mark.parametrize("server_opt", ["fedavg", "fedadam"])
+def test_zowarmup_lowers_the_loss_and_baseline_leaves_low_tier_out(server_opt):
+    task = toy_task()
+    cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=5, zo_rounds=15, server_opt=server_opt,
+                                server_lr=1.0 if server_opt == "fedavg" else 0.02))
+    start = task.evaluate(task.model)["loss"]
+    s = rounds.run(ZOWarmUp(task, cfg), progress=False)
+    assert s["final_test_loss"] < start
+    base = ZOWarmUp(toy_task(), ZOWarmUpConfig(**dict(TOY, high_res_only=True)))
+    while base.round < base.rounds:
+        assert base.step()["phase"] == "fo"
+    assert base.replica is None
+    low = [c for c in range(TOY["clients"]) if c not in base.high]
+    assert all(base.counter.client(c, d)["messages"] == 0 for c in low for d in ("up", "down"))
+
+
+def test_bad_config_names_the_field():
+    for kw, match in ((dict(high_fraction=0.0), "'high_fraction' must be in"), (dict(server_opt="sgd"), "server_opt"),
+                      (dict(warmup_rounds=0, zo_rounds=0), "'zo_rounds' leaves no rounds"),
+                      (dict(tau=1.5), "'tau' must be in"), (dict(high_res_only="yes"), "'high_res_only' must be true")):
+        with pytest.raises(ValueError, match=match):
+            ZOWarmUpConfig(**kw).validate()
+
+
+@pytest.mark.slow
+def test_zowarmup_beats_high_res_only_on_digits_at_10_90():
+    """The acceptance on one seed (the README table has three seeds and all splits): the default budget."""
+    acc = {}
+    for only in (True, False):
+        cfg = ZOWarmUpConfig(high_fraction=0.1, high_res_only=only, seed=0)
+        acc[only] = rounds.run(ZOWarmUp(tasks.build("digits"), cfg), progress=False)["final_accuracy"]
+    assert acc[False] > acc[True] + 0.02, acc

@@ -1,0 +1,179 @@
+"""Run configurations: the step simulator's SimConfig, FedMeZOConfig and ZOWarmUpConfig, and their checks.
+
+Torch-free, so `zofed run` rejects a bad config at once. Every check raises ValueError naming the field:
+"config field 'lr' must be a positive finite number, got -1".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from . import strategies
+from .data import CONVENTIONS
+
+# Step sizes tuned on the vader task (FeedSign's lr is the size of each signed step along z; ZO-FedSGD's
+# multiplies the projection, which is O(1) there).
+DEFAULT_LR = {"feedsign": 4e-3, "dp-feedsign": 4e-3, "zo-fedsgd": 1e-3, "fedkseed": 1e-3}
+DISTS = ("gaussian", "rademacher", "uniform")
+SIGNALS = ("round-loss", "five-round-loss", "update")  # FedMeZO's heterogeneity signals (fedmezo.txt 5.4)
+SERVER_OPTS = ("fedavg", "fedadam")
+
+
+class _Checked:
+    """Field checks shared by the configs: types from the annotations, then ranges."""
+
+    def _bad(self, name: str, why: str):
+        raise ValueError(f"config field {name!r} {why}, got {getattr(self, name)!r}")
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), f.type.split(" |")[0]
+            if v is None and "None" in f.type:
+                continue
+            ok = {"str": isinstance(v, str), "bool": isinstance(v, bool),
+                  "int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[kind]
+            if not ok:
+                self._bad(f.name, "must be " + {"str": "a string", "bool": "true or false", "int": "an integer",
+                                                "float": "a number"}[kind])
+
+    def _check(self, positive_ints=(), positive=(), unit=(), choices=None) -> None:
+        """positive_ints >= 1; positive: finite > 0 (skipped when None); unit: in (0, 1]; choices: allowed values."""
+        self._check_types()
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                self._bad(name, "must be a positive integer")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                self._bad(name, "must be a positive finite number")
+        for name in unit:
+            if not 0 < getattr(self, name) <= 1:
+                self._bad(name, "must be in (0, 1]")
+        for name, allowed in (choices or {}).items():
+            if getattr(self, name) not in allowed:
+                self._bad(name, f"must be one of {tuple(allowed)}")
+        if not 0 <= self.seed < 2**63:
+            self._bad("seed", "must be an integer in [0, 2**63)")
+
+
+@dataclass
+class SimConfig(_Checked):
+    """A simulated run of a step strategy (zofed.sim). lr is the step size (for FeedSign the size of each
+    signed step along z)."""
+
+    strategy: str = "feedsign"
+    clients: int = 5
+    steps: int = 400
+    lr: float | None = None  # None: DEFAULT_LR of the strategy
+    eps: float = 1e-3
+    batch: int = 16  # examples per client per step
+    byzantine: int = 0  # the last `byzantine` clients attack (reversed sign / random projection)
+    byzantine_scale: float = 100.0  # a random projection is uniform in [-scale, scale] (vader: median |p| 2.3)
+    dirichlet: float | None = None  # label-skew concentration beta; None: iid
+    convention: str = "per-class"
+    dp_epsilon: float = 1.0
+    aggregator: str = "mean"  # zo-fedsgd: mean (a seed per client), median or trimmed-mean (shared seed)
+    pool_size: int = 64
+    pool_sampling: str = "uniform"
+    participation: float = 1.0  # fraction of online clients sampled per round
+    dropout: float = 0.0  # probability that a client is offline at a step (it catches up when back)
+    quorum: int | None = None
+    deadline: float | None = None  # seconds; simulated reply latencies are uniform in [0, 1) s
+    dist: str = "gaussian"
+    seed: int = 0
+    eval_every: int = 50
+
+    def __post_init__(self):
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.strategy, 1e-3)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        self._check(positive_ints=("clients", "steps", "batch", "eval_every", "pool_size"),
+                    positive=("lr", "eps", "byzantine_scale", "dirichlet", "deadline"), unit=("participation",),
+                    choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS,
+                                 aggregator=strategies.ZOFedSGD.AGGREGATORS, pool_sampling=("uniform", "importance"),
+                                 dist=DISTS))
+        if not 0 <= self.byzantine <= self.clients:
+            self._bad("byzantine", f"must be an integer in [0, clients={self.clients}]")
+        if not (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon)):
+            self._bad("dp_epsilon", "must be a finite number >= 0")
+        if not 0 <= self.dropout < 1:
+            self._bad("dropout", "must be in [0, 1)")
+        if self.quorum is not None and not 1 <= self.quorum <= self.clients:
+            self._bad("quorum", f"must be in [1, clients={self.clients}]")
+
+    def strategy_options(self) -> dict:
+        """The options this strategy takes (what an orbit records to rebuild it)."""
+        return {"dp-feedsign": dict(epsilon=self.dp_epsilon),
+                "zo-fedsgd": dict(aggregator=self.aggregator),
+                "fedkseed": dict(pool_size=self.pool_size, sampling=self.pool_sampling)}.get(self.strategy, {})
+
+    def make_strategy(self) -> strategies.Strategy:
+        kw = dict(byzantine_scale=self.byzantine_scale) if self.strategy in ("zo-fedsgd", "fedkseed") else {}
+        return strategies.make(self.strategy, lr=self.lr, run_seed=self.seed, **self.strategy_options(), **kw)
+
+
+@dataclass
+class FedMeZOConfig(_Checked):
+    """FedMeZO (zofed.fedmezo): `rounds` rounds of H = `local_steps` MeZO steps per client."""
+
+    clients: int = 5
+    rounds: int = 10
+    local_steps: int = 30  # H
+    lr: float = 1e-3  # eta_0
+    eps: float = 1e-3
+    batch: int = 16
+    encoding: str = "seeds"  # or "dense"
+    alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
+    signal: str = "update"
+    dirichlet: float | None = None
+    seed: int = 0
+    eval_every: int = 1  # rounds between held-out evaluations
+
+    def validate(self) -> None:
+        self._check(positive_ints=("clients", "rounds", "local_steps", "batch", "eval_every"),
+                    positive=("lr", "eps", "dirichlet"), choices=dict(encoding=("seeds", "dense"), signal=SIGNALS))
+        if not 0 <= self.alpha < 1:
+            self._bad("alpha", "must be in [0, 1) so every eta_i stays positive")
+
+
+@dataclass
+class ZOWarmUpConfig(_Checked):
+    """ZOWarmUp (zofed.zowarmup): `warmup_rounds` first-order rounds, then `zo_rounds` zeroth-order ones."""
+
+    clients: int = 50
+    high_fraction: float = 0.1  # the high-resource tier's share of the clients (the "10/90" split: 0.1)
+    warmup_rounds: int = 100  # N
+    zo_rounds: int = 300  # M
+    participation: float = 1.0  # fraction of the eligible clients sampled per round (at least one)
+    local_epochs: int = 3
+    fo_batch: int = 64
+    fo_lr: float = 0.1  # client SGD step in the warm-up
+    server_opt: str = "fedavg"
+    server_lr: float = 1.0
+    zo_lr: float = 0.02  # eta_zo: the client step along the gradient estimate
+    perturbations: int = 3  # S
+    tau: float = 0.75
+    eps: float = 1e-3
+    dirichlet: float | None = 0.1  # label skew; None: iid
+    high_res_only: bool = False  # the baseline: low-resource clients left out, every round first-order
+    seed: int = 0
+    eval_every: int = 10
+
+    @property
+    def rounds(self) -> int:
+        return self.warmup_rounds + self.zo_rounds
+
+    def validate(self) -> None:
+        self._check(positive_ints=("clients", "local_epochs", "fo_batch", "perturbations", "eval_every"),
+                    positive=("fo_lr", "server_lr", "zo_lr", "eps", "dirichlet"),
+                    unit=("high_fraction", "participation", "tau"), choices=dict(server_opt=SERVER_OPTS))
+        for name in ("warmup_rounds", "zo_rounds"):
+            if getattr(self, name) < 0:
+                self._bad(name, "must be an integer >= 0")
+        if self.rounds < 1:
+            self._bad("zo_rounds", "leaves no rounds at all (warmup_rounds + zo_rounds must be >= 1)")

@@ -1,0 +1,130 @@
+"""The simulator's driver for round-based algorithms (FedMeZO, ZOWarmUp): the same outputs as zofed.sim
+(metrics.jsonl, summary.json, plots, an orbit where the run has one) and the same resumption.
+
+An algorithm offers: task, cfg (a dataclass with rounds, eval_every, seed), name, counter (ByteCounter),
+round, step() -> a metrics row, state_dict() / load_state_dict() (tensors and plain data), close(),
+and orbit_history() -> a wire message of its broadcasts, or None with `no_orbit` saying why.
+
+Unlike the step simulator, whose state is rebuilt from the seed history, these runs checkpoint their
+weights (FedMeZO's dense average and ZOWarmUp's warm-up are not seed sums): `checkpoint.pt`, written
+atomically every `checkpoint_every` rounds and loaded with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pickle
+import time
+
+import torch
+
+from . import atomic
+from . import orbit as orbits
+from .client import weights_sha256
+from .sim import CHECKPOINT, _differences, _mean_bytes, _write_json, _write_lines
+
+STATE = "checkpoint.pt"
+
+
+def _config(algo) -> dict:
+    return dict(dataclasses.asdict(algo.cfg), strategy=algo.name)
+
+
+def _save_state(out, algo, base_sha, rows, seconds) -> None:
+    buf = io.BytesIO()
+    torch.save(dict(config=_config(algo), task=algo.task.name, task_options=algo.task.options, base_sha256=base_sha,
+                    rows=len(rows), seconds=seconds, state=algo.state_dict()), buf)
+    atomic.write_bytes(os.path.join(out, STATE), buf.getvalue())
+
+
+def _resume(out, algo, base_sha) -> tuple[list, float]:
+    try:
+        ck = torch.load(os.path.join(out, STATE), weights_only=True)
+        here = dict(_config(algo), task=algo.task.name, **{f"task.{k}": v for k, v in algo.task.options.items()})
+        there = dict(ck["config"], task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:  # a damaged file
+        raise RuntimeError(f"{out}/{STATE} is not a readable checkpoint ({exc}); delete it to start over") from None
+    if here != there:
+        raise ValueError(f"{out} holds a run with another config ({_differences(there, here)}); use another "
+                         "--out folder, or delete this one to start over")
+    if ck["base_sha256"] != base_sha:
+        raise ValueError(f"{out} was started on other base weights ({ck['base_sha256'][:16]}...); refusing to resume")
+    algo.load_state_dict(ck["state"])
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f.read().splitlines()[: ck["rows"]]]
+    return rows, ck["seconds"]
+
+
+def run(algo, out: str | None = None, progress: bool = True, checkpoint_every: int = 20) -> dict:
+    """Run `algo` to its last round; with `out`, write the outputs there and resume from them if present."""
+    from tqdm import tqdm
+
+    task, cfg = algo.task, algo.cfg
+    base_sha = weights_sha256(task.model)
+    if out and os.path.exists(os.path.join(out, CHECKPOINT)):
+        raise ValueError(f"{out} holds a run of another strategy (it has {CHECKPOINT}); use another --out folder")
+    resuming = bool(out) and os.path.exists(os.path.join(out, STATE))
+    if resuming:
+        rows, before = _resume(out, algo, base_sha)
+    else:
+        ev = task.evaluate(task.model)
+        rows, before = [dict(step=0, accuracy=ev["accuracy"], test_loss=ev["loss"], bytes_up=0, bytes_down=0)], 0.0
+    first = dict(accuracy=rows[0]["accuracy"], loss=rows[0]["test_loss"])
+    t0 = time.perf_counter()
+    metrics = None
+    try:
+        if out:
+            os.makedirs(out, exist_ok=True)
+            path = os.path.join(out, "metrics.jsonl")
+            _write_lines(path, rows)  # on resume this drops lines written after the checkpoint: they come again
+            metrics = open(path, "a")
+            if not resuming:
+                _save_state(out, algo, base_sha, rows, 0.0)
+        with tqdm(total=cfg.rounds, initial=algo.round, desc=f"{algo.name} x{cfg.clients}", disable=not progress) as bar:
+            while algo.round < cfg.rounds:
+                row = algo.step()
+                if algo.round % cfg.eval_every == 0 or algo.round == cfg.rounds:
+                    ev = task.evaluate(task.model)
+                    row.update(accuracy=ev["accuracy"], test_loss=ev["loss"], **_mean_bytes(algo.counter, cfg.clients))
+                    bar.set_postfix(acc=f"{100 * ev['accuracy']:.1f}%")
+                rows.append(row)
+                if metrics:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    if algo.round % checkpoint_every == 0 or algo.round == cfg.rounds:
+                        _save_state(out, algo, base_sha, rows, before + time.perf_counter() - t0)
+                bar.update(1)
+    finally:
+        if metrics:
+            metrics.close()
+        algo.close()
+    seconds = before + time.perf_counter() - t0
+    final_sha = weights_sha256(task.model)
+    last, means = rows[-1], _mean_bytes(algo.counter, cfg.clients)
+    summary = dict(
+        config=_config(algo), task=task.name, task_options=task.options,
+        initial_accuracy=first["accuracy"], final_accuracy=last["accuracy"],
+        gain_points=100 * (last["accuracy"] - first["accuracy"]),
+        initial_test_loss=first["loss"], final_test_loss=last["test_loss"],
+        bytes_up_per_client=means["bytes_up"], bytes_down_per_client=means["bytes_down"],
+        payload_bits_up_per_client=means["payload_bits_up"], payload_bits_down_per_client=means["payload_bits_down"],
+        clients=[dict(client=c, up=algo.counter.client(c, "up"), down=algo.counter.client(c, "down"))
+                 for c in range(cfg.clients)],
+        steps=cfg.rounds, seconds=seconds, base_sha256=base_sha, model_sha256=final_sha)
+    if out:
+        history = algo.orbit_history()
+        if history is None:
+            summary.update(orbit=None, no_orbit=algo.no_orbit)
+        else:
+            config = dict(strategy=algo.name, strategy_options={}, lr=0.0, eps=cfg.eps, dist=algo.dist,
+                          run_seed=cfg.seed, steps=cfg.rounds, task=task.name, task_options=task.options)
+            orbits.save(os.path.join(out, "orbit"), orbits.Orbit(config, base_sha, final_sha, history))
+            summary["orbit_bytes"] = os.path.getsize(os.path.join(out, "orbit"))
+        _write_json(os.path.join(out, "summary.json"), summary)
+        from .plots import plot_run
+
+        plot_run(rows, out, title=f"{algo.name}, {cfg.clients} clients")
+    return summary
