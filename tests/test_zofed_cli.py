@@ -126,3 +126,14 @@ def test_zowarmup_digits_run_writes_the_outputs_and_resumes(tmp_path):
     assert phases == [None] + ["fo"] * 4 + ["zo"] * 4
     again = _zofed(*args)  # finished: the same command reports the same weights
     assert s["model_sha256"] in again.stdout
+
+
+@pytest.mark.slow
+def test_fedmezo_seed_replay_run_on_vader_replays_from_its_orbit(tmp_path):
+    out = tmp_path / "run"
+    _zofed("run", "--strategy", "fedmezo", "--rounds", "2", "--local-steps", "5", "--out", str(out), "--no-progress")
+    s = json.loads((out / "summary.json").read_text())
+    for c in s["clients"]:  # 5 (seed, projection) pairs up per round; the 5 clients' 25 pairs down
+        assert c["up"]["payload_bits"] == 2 * 5 * 96 and c["down"]["payload_bits"] == 2 * 25 * 96
+    replay = _zofed("orbit", "replay", str(out / "orbit"), "--out", str(tmp_path / "w.safetensors"))
+    assert replay.stdout.strip() == s["model_sha256"] != s["base_sha256"]

@@ -100,3 +100,19 @@ def test_zowarmup_beats_high_res_only_on_digits_at_10_90():
         cfg = ZOWarmUpConfig(high_fraction=0.1, high_res_only=only, seed=0)
         acc[only] = rounds.run(ZOWarmUp(tasks.build("digits"), cfg), progress=False)["final_accuracy"]
     assert acc[False] > acc[True] + 0.02, acc
+
+
+def test_digits_task_is_the_same_everywhere_and_seeded():
+    from zofed.client import weights_sha256
+    from zofed.tasks import digits
+
+    a, b, c = tasks.build("digits"), tasks.build("digits"), tasks.build("digits", init_seed=1)
+    assert weights_sha256(a.model) == weights_sha256(b.model) != weights_sha256(c.model)
+    assert sum(p.numel() for p in a.model.parameters()) == 1898 and len(a.labels) == 1438
+    x, y, xt, yt = digits.load()
+    assert len(yt) == 359 and set(y.tolist()) == set(yt.tolist()) == set(range(10))
+    assert 0.05 < a.evaluate(a.model)["accuracy"] < 0.3  # random init: about chance
+    with pytest.raises(ValueError, match="'width'"):
+        tasks.build("digits", width=0)
+    with pytest.raises(ValueError, match=r"task 'digits' takes the options \['init_seed', 'width'\], not \['model'\]"):
+        tasks.build("digits", model="minilm")

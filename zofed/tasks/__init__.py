@@ -8,6 +8,7 @@ lexicon, and "digits", a small CNN from random initialization on scikit-learn's 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,4 +47,9 @@ def build(name: str, **options) -> Task:
         register(name, importlib.import_module(f".{name}", __name__).task)
     if name not in _BUILDERS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(set(_BUILDERS) | set(BUILT_IN))}")
-    return _BUILDERS[name](**options)
+    builder = _BUILDERS[name]
+    params = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"task {name!r} takes the options {sorted(params)}, not {unknown}")
+    return builder(**options)
