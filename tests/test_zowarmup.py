@@ -116,3 +116,12 @@ def test_digits_task_is_the_same_everywhere_and_seeded():
         tasks.build("digits", width=0)
     with pytest.raises(ValueError, match=r"task 'digits' takes the options \['init_seed', 'width'\], not \['model'\]"):
         tasks.build("digits", model="minilm")
+
+
+def test_non_finite_loss_names_the_round_and_keeps_the_weights():
+    task = toy_task()
+    run = ZOWarmUp(task, ZOWarmUpConfig(**dict(TOY, fo_lr=3e38)))
+    before = _flat(task.model)
+    with pytest.raises(FloatingPointError, match="round 0"):
+        run.step()
+    assert torch.equal(_flat(task.model), before) and run.round == 0

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 import zokernels
 
 from .strategies import FedKSeed, Strategy
-from .wire import Checksum, PoolState, decode, encode
+from .wire import Checksum, Dense, PoolState, decode, encode
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -135,3 +136,24 @@ class Client:
 
     def checksum(self) -> bytes:
         return encode(Checksum(self.step, self.replica.digest()))
+
+
+def flat_weights(params) -> torch.Tensor:
+    """The parameters as one float32 vector (what dense FedAvg uploads and averages)."""
+    return torch.cat([p.detach().float().reshape(-1) for p in params])
+
+
+@torch.no_grad()
+def load_flat(params, flat: torch.Tensor) -> None:
+    n = 0
+    for p in params:
+        p.copy_(flat[n:n + p.numel()].view_as(p))
+        n += p.numel()
+
+
+def to_dense(step: int, flat: torch.Tensor) -> Dense:
+    return Dense(step, flat.float().numpy().astype("<f4").tobytes())
+
+
+def from_dense(msg: Dense) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(msg.data, dtype="<f4").copy())

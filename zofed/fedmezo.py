@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from .client import Replica
+from .client import Replica, flat_weights, from_dense, load_flat, to_dense
 from .configs import FedMeZOConfig
 from .data import dirichlet_split, iid_split
 from .seeds import step_seed
@@ -41,18 +41,6 @@ def heterogeneity(signal: list[float]) -> list[float]:
     """Phi in (-1, 1): tanh of each client's signal over the clients' mean magnitude."""
     scale = sum(abs(x) for x in signal) / len(signal)
     return [math.tanh(x / scale) if scale > 0 else 0.0 for x in signal]
-
-
-def _dense_bytes(params) -> bytes:
-    return b"".join(p.detach().float().cpu().contiguous().numpy().astype("<f4").tobytes() for p in params)
-
-
-def _load_dense(params, data: bytes) -> None:
-    flat = torch.from_numpy(np.frombuffer(data, dtype="<f4").copy())
-    n = 0
-    for p in params:
-        p.copy_(flat[n:n + p.numel()].view_as(p))
-        n += p.numel()
 
 
 class FedMeZO:
@@ -119,7 +107,7 @@ class FedMeZO:
             own = start[i if len(self.replicas) > 1 else 0]
             norms.append(math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(rep.params, own))))
             if cfg.encoding == "dense":
-                uploads[i] = decode(self.counter.send(i, "up", Dense(self.round, _dense_bytes(rep.params))))
+                uploads[i] = decode(self.counter.send(i, "up", to_dense(self.round, flat_weights(rep.params))))
             else:
                 seeds, values = zip(*pairs)
                 uploads[i] = decode(self.counter.send(i, "up", SeedScalars(self.round * cfg.local_steps, seeds,
@@ -128,9 +116,9 @@ class FedMeZO:
                 p.copy_(s)
         # the server: average dense weights, or broadcast every pair with its FedAvg coefficient
         if cfg.encoding == "dense":
-            flats = [torch.from_numpy(np.frombuffer(uploads[i].data, dtype="<f4").copy()) for i in range(cfg.clients)]
+            flats = [from_dense(uploads[i]) for i in range(cfg.clients)]
             avg = sum(w * f.double() for w, f in zip(self.weights, flats)).float()
-            down = Dense(self.round, avg.numpy().astype("<f4").tobytes())
+            down = to_dense(self.round, avg)
         else:
             down = StepUpdates(self.round, (tuple((s, -self.weights[i] * lrs[i] * g)
                                                   for i in range(cfg.clients)
@@ -150,7 +138,7 @@ class FedMeZO:
 
     def _apply(self, rep: Replica, down) -> None:
         if isinstance(down, Dense):
-            _load_dense(rep.params, down.data)
+            load_flat(rep.params, from_dense(down))
         else:
             rep.apply(Broadcasts().ops(down.first_step, down))
 

@@ -28,11 +28,11 @@ import math
 import numpy as np
 import torch
 
-from .client import Replica
+from .client import Replica, flat_weights, from_dense, load_flat, to_dense
 from .configs import ZOWarmUpConfig
 from .data import dirichlet_split, iid_split
 from .seeds import step_seed, unit
-from .wire import ByteCounter, Dense, Scalars, StepUpdates, decode
+from .wire import ByteCounter, Scalars, StepUpdates, decode
 
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-3)  # FedAdam's moments and adaptivity (Reddi et al.'s tau)
 _TIER, _SAMPLE = 0x71E2, 0x5A3
@@ -49,25 +49,6 @@ def sample(cfg: ZOWarmUpConfig, t: int, eligible: list[int]) -> list[int]:
     draws = {c: unit(cfg.seed, _SAMPLE, t, c) for c in eligible}
     picked = [c for c in eligible if draws[c] < cfg.participation]
     return picked or [min(eligible, key=draws.get)]
-
-
-def _flat(params) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-def _load_flat(params, flat: torch.Tensor) -> None:
-    n = 0
-    for p in params:
-        p.copy_(flat[n:n + p.numel()].view_as(p))
-        n += p.numel()
-
-
-def _dense(t: int, flat: torch.Tensor) -> Dense:
-    return Dense(t, flat.float().numpy().astype("<f4").tobytes())
-
-
-def _undense(msg: Dense) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(msg.data, dtype="<f4").copy())
 
 
 class ZOWarmUp:
@@ -120,18 +101,20 @@ class ZOWarmUp:
     def _fo_round(self, t: int) -> tuple[float, list[int]]:
         cfg = self.cfg
         picked = sample(cfg, t, self.high)
-        w = _flat(self.params).clone()
+        w = flat_weights(self.params).clone()
         uploads, sizes, losses = [], [], []
         for c in picked:
-            start = decode(self.counter.send(c, "down", _dense(t, w)))
-            with torch.no_grad():
-                _load_flat(self.params, _undense(start))
+            start = decode(self.counter.send(c, "down", to_dense(t, w)))
+            load_flat(self.params, from_dense(start))
             losses.append(self._local_sgd(t, c))
-            uploads.append(_undense(decode(self.counter.send(c, "up", _dense(t, _flat(self.params))))))
+            if not math.isfinite(losses[-1]):
+                load_flat(self.params, w)
+                raise FloatingPointError(f"non-finite loss for client {c} in round {t}; the weights were left "
+                                         "as the round began (lower fo_lr)")
+            uploads.append(from_dense(decode(self.counter.send(c, "up", to_dense(t, flat_weights(self.params))))))
             sizes.append(len(self.parts[c]))
         avg = sum(s / sum(sizes) * u.double() for s, u in zip(sizes, uploads)).float()
-        with torch.no_grad():
-            _load_flat(self.params, self._server_step(w, avg - w))
+        load_flat(self.params, self._server_step(w, avg - w))
         return sum(losses) / len(losses), picked
 
     def _local_sgd(self, t: int, c: int) -> float:
@@ -154,7 +137,7 @@ class ZOWarmUp:
         if self.replica is None:
             self.replica = Replica(task.model, eps=cfg.eps * cfg.tau, dist="rademacher")  # w +- eps * (tau r)
         if t == cfg.warmup_rounds:  # the pivot: every client receives the warmed-up weights once
-            pivot = _dense(t, _flat(self.params))
+            pivot = to_dense(t, flat_weights(self.params))
             for c in range(cfg.clients):
                 decode(self.counter.send(c, "down", pivot))
         picked = sample(cfg, t, list(range(cfg.clients)))
@@ -185,20 +168,19 @@ class ZOWarmUp:
             k = -self.cfg.server_lr * self.cfg.zo_lr
             self.replica.apply([("update", seeds, tuple(k * g for _, g in pairs))])
             return
-        w = _flat(self.params).clone()
+        w = flat_weights(self.params).clone()
         if self.round == self.cfg.warmup_rounds:
             self.adam = None
         self.replica.apply([("update", seeds, tuple(-self.cfg.zo_lr * g for _, g in pairs))])
-        delta = _flat(self.params) - w
-        _load_flat(self.params, self._server_step(w, delta))
+        delta = flat_weights(self.params) - w
+        load_flat(self.params, self._server_step(w, delta))
 
     def state_dict(self) -> dict:
-        return dict(round=self.round, weights=_flat(self.params).clone(), adam=self.adam,
+        return dict(round=self.round, weights=flat_weights(self.params).clone(), adam=self.adam,
                     counter=self.counter.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            _load_flat(self.params, state["weights"])
+        load_flat(self.params, state["weights"])
         self.adam = state["adam"]
         self.counter.load_state_dict(state["counter"])
         self.round = state["round"]
