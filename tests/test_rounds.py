@@ -91,6 +91,9 @@ def test_resume_refuses_what_does_not_match(tmp_path):
     sim.run(tasks.build("toy"), sim.SimConfig(clients=3, steps=2, lr=0.05), out=str(tmp_path / "b"), progress=False)
     with pytest.raises(ValueError, match="another strategy"):
         rounds.run(_make("fedmezo", rounds=2), out=str(tmp_path / "b"), progress=False)
+    with pytest.raises(ValueError, match="another strategy"):
+        sim.run(tasks.build("toy"), sim.SimConfig(clients=3, steps=2, lr=0.05), out=str(tmp_path / "a"),
+                progress=False)
     (tmp_path / "a" / rounds.STATE).write_bytes(b"\x00garbage")
     with pytest.raises(RuntimeError, match="not a readable checkpoint"):
         rounds.run(_make("zowarmup", warmup_rounds=2, zo_rounds=2), out=str(tmp_path / "a"), progress=False)

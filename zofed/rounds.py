@@ -25,8 +25,7 @@ from . import atomic
 from . import orbit as orbits
 from .client import weights_sha256
 from .sim import CHECKPOINT, _differences, _mean_bytes, _write_json, _write_lines
-
-STATE = "checkpoint.pt"
+from .sim import ROUND_CHECKPOINT as STATE
 
 
 def _config(algo) -> dict:

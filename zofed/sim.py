@@ -48,6 +48,7 @@ def _write_json(path: str, obj) -> None:
 
 
 CHECKPOINT = "checkpoint.json"
+ROUND_CHECKPOINT = "checkpoint.pt"  # zofed.rounds' (FedMeZO, ZOWarmUp): a folder holds one kind of run
 
 
 def _differences(there: dict, here: dict) -> str:
@@ -104,6 +105,8 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
     parts = split_clients(task, cfg)
     byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))
     base_sha = weights_sha256(model)
+    if out and os.path.exists(os.path.join(out, ROUND_CHECKPOINT)):
+        raise ValueError(f"{out} holds a run of another strategy (it has {ROUND_CHECKPOINT}); use another --out folder")
     resuming = bool(out) and os.path.exists(os.path.join(out, CHECKPOINT))
     if resuming:
         rows, history, before = _resume(out, cfg, task, replica, strategy, server, base_sha)
