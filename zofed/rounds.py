@@ -24,7 +24,7 @@ import torch
 from . import atomic
 from . import orbit as orbits
 from .client import weights_sha256
-from .sim import CHECKPOINT, _differences, _mean_bytes, _write_json, _write_lines
+from .sim import CHECKPOINT, _mean_bytes, _write_json, _write_lines, check_resumable, read_rows, summarize
 from .sim import ROUND_CHECKPOINT as STATE
 
 
@@ -42,19 +42,13 @@ def _save_state(out, algo, base_sha, rows, seconds) -> None:
 def _resume(out, algo, base_sha) -> tuple[list, float]:
     try:
         ck = torch.load(os.path.join(out, STATE), weights_only=True)
-        here = dict(_config(algo), task=algo.task.name, **{f"task.{k}": v for k, v in algo.task.options.items()})
-        there = dict(ck["config"], task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
+        if not isinstance(ck, dict) or not {"config", "task", "task_options", "base_sha256"} <= set(ck):
+            raise KeyError("not a zofed round checkpoint")
     except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:  # a damaged file
         raise RuntimeError(f"{out}/{STATE} is not a readable checkpoint ({exc}); delete it to start over") from None
-    if here != there:
-        raise ValueError(f"{out} holds a run with another config ({_differences(there, here)}); use another "
-                         "--out folder, or delete this one to start over")
-    if ck["base_sha256"] != base_sha:
-        raise ValueError(f"{out} was started on other base weights ({ck['base_sha256'][:16]}...); refusing to resume")
+    check_resumable(out, ck, _config(algo), algo.task, base_sha)
     algo.load_state_dict(ck["state"])
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f.read().splitlines()[: ck["rows"]]]
-    return rows, ck["seconds"]
+    return read_rows(out, ck["rows"]), ck["seconds"]
 
 
 def run(algo, out: str | None = None, progress: bool = True, checkpoint_every: int = 20) -> dict:
@@ -102,17 +96,8 @@ def run(algo, out: str | None = None, progress: bool = True, checkpoint_every: i
         algo.close()
     seconds = before + time.perf_counter() - t0
     final_sha = weights_sha256(task.model)
-    last, means = rows[-1], _mean_bytes(algo.counter, cfg.clients)
-    summary = dict(
-        config=_config(algo), task=task.name, task_options=task.options,
-        initial_accuracy=first["accuracy"], final_accuracy=last["accuracy"],
-        gain_points=100 * (last["accuracy"] - first["accuracy"]),
-        initial_test_loss=first["loss"], final_test_loss=last["test_loss"],
-        bytes_up_per_client=means["bytes_up"], bytes_down_per_client=means["bytes_down"],
-        payload_bits_up_per_client=means["payload_bits_up"], payload_bits_down_per_client=means["payload_bits_down"],
-        clients=[dict(client=c, up=algo.counter.client(c, "up"), down=algo.counter.client(c, "down"))
-                 for c in range(cfg.clients)],
-        steps=cfg.rounds, seconds=seconds, base_sha256=base_sha, model_sha256=final_sha)
+    summary = summarize(_config(algo), task, first, rows, algo.counter, cfg.clients, cfg.rounds, seconds, base_sha,
+                        final_sha)
     if out:
         history = algo.orbit_history()
         if history is None:

@@ -61,22 +61,31 @@ def _resume(out: str, cfg: SimConfig, task, replica, strategy, server, base_sha)
     The weights are rebuilt from the broadcasts (as an orbit replay does) and checked against its digest."""
     with open(os.path.join(out, CHECKPOINT)) as f:
         ck = json.load(f)
-    here = dict(dataclasses.asdict(cfg), task=task.name, **{f"task.{k}": v for k, v in task.options.items()})
-    there = dict(ck["config"], task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
-    if here != there:
-        raise ValueError(f"{out} holds a run with another config ({_differences(there, here)}); use another "
-                         "--out folder, or delete this one to start over")
-    if ck["base_sha256"] != base_sha:
-        raise ValueError(f"{out} was started on other base weights ({ck['base_sha256'][:16]}...); refusing to resume")
+    check_resumable(out, ck, dataclasses.asdict(cfg), task, base_sha)
     downs = strategy.steps_of(decode(base64.b64decode(ck["history"]))) if ck["step"] else []
     replica.apply([op for t, down in enumerate(downs) for op in strategy.ops(t, down)])
     if replica.digest().hex() != ck["digest"]:
         raise RuntimeError(f"rebuilding {out} at step {ck['step']} gave other weights than the run had; "
                            "the library or the task changed since: start over in another folder")
     server.load_state_dict(ck["server"], downs)
+    return read_rows(out, ck["rows"]), list(downs), ck["seconds"]
+
+
+def check_resumable(out: str, ck: dict, config: dict, task, base_sha: str) -> None:
+    """Refuse to resume `out` from checkpoint `ck` unless it was written by this config, task and base weights."""
+    here = dict(config, task=task.name, **{f"task.{k}": v for k, v in task.options.items()})
+    there = dict(ck["config"], task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
+    if here != there:
+        raise ValueError(f"{out} holds a run with another config ({_differences(there, here)}); use another "
+                         "--out folder, or delete this one to start over")
+    if ck["base_sha256"] != base_sha:
+        raise ValueError(f"{out} was started on other base weights ({ck['base_sha256'][:16]}...); refusing to resume")
+
+
+def read_rows(out: str, n: int) -> list[dict]:
+    """The first n rows of out/metrics.jsonl: those the checkpoint covers."""
     with open(os.path.join(out, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f.read().splitlines()[: ck["rows"]]]
-    return rows, list(downs), ck["seconds"]
+        return [json.loads(line) for line in f.read().splitlines()[:n]]
 
 
 def _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, downs, seconds) -> None:
@@ -227,18 +236,25 @@ def _mean_bytes(counter: ByteCounter, clients: int) -> dict:
 
 
 def _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds) -> dict:
-    last = rows[-1]
-    per_client = [dict(client=c, byzantine=c >= cfg.clients - cfg.byzantine,
-                       up=counter.client(c, "up"), down=counter.client(c, "down")) for c in range(cfg.clients)]
-    means = _mean_bytes(counter, cfg.clients)
+    summary = summarize(dataclasses.asdict(cfg), task, first, rows, counter, cfg.clients, cfg.steps, seconds,
+                        base_sha, final_sha)
+    for c in summary["clients"]:
+        c["byzantine"] = c["client"] >= cfg.clients - cfg.byzantine
+    summary.update(payload_bits_up_per_client_per_step=summary["payload_bits_up_per_client"] / cfg.steps,
+                   payload_bits_down_per_client_per_step=summary["payload_bits_down_per_client"] / cfg.steps,
+                   stragglers=server.stragglers)
+    return summary
+
+
+def summarize(config: dict, task, first, rows, counter, clients, steps, seconds, base_sha, final_sha) -> dict:
+    """What summary.json holds for any run (zofed.sim and zofed.rounds): accuracies, bytes per client, hashes."""
+    last, means = rows[-1], _mean_bytes(counter, clients)
     return dict(
-        config=dataclasses.asdict(cfg), task=task.name, task_options=task.options,
+        config=config, task=task.name, task_options=task.options,
         initial_accuracy=first["accuracy"], final_accuracy=last["accuracy"],
         gain_points=100 * (last["accuracy"] - first["accuracy"]),
         initial_test_loss=first["loss"], final_test_loss=last["test_loss"],
         bytes_up_per_client=means["bytes_up"], bytes_down_per_client=means["bytes_down"],
         payload_bits_up_per_client=means["payload_bits_up"], payload_bits_down_per_client=means["payload_bits_down"],
-        payload_bits_up_per_client_per_step=means["payload_bits_up"] / cfg.steps,
-        payload_bits_down_per_client_per_step=means["payload_bits_down"] / cfg.steps,
-        stragglers=server.stragglers, clients=per_client, steps=cfg.steps, seconds=seconds,
-        base_sha256=base_sha, model_sha256=final_sha)
+        clients=[dict(client=c, up=counter.client(c, "up"), down=counter.client(c, "down")) for c in range(clients)],
+        steps=steps, seconds=seconds, base_sha256=base_sha, model_sha256=final_sha)
