@@ -31,6 +31,27 @@ class Task:
     options: dict = field(default_factory=dict)
 
 
+def tensor_classification(name: str, model, x, y, x_test, y_test, options: dict) -> Task:
+    """A Task over in-memory tensors: cross-entropy per example, accuracy and loss on (x_test, y_test)."""
+    import torch
+    from torch import nn
+
+    def batch(indices):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return x[idx], y[idx]
+
+    def losses(m, b):
+        return nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")
+
+    @torch.no_grad()
+    def evaluate(m):
+        logits = m(x_test)
+        return dict(accuracy=(logits.argmax(1) == y_test).float().mean().item(),
+                    loss=nn.functional.cross_entropy(logits, y_test).item())
+
+    return Task(name, model, y.tolist(), batch, losses, evaluate, options)
+
+
 _BUILDERS: dict[str, Callable[..., Task]] = {}
 BUILT_IN = ("vader", "digits")
 

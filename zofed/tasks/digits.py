@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import Task
+from . import Task, tensor_classification
 
 
 def load(test_fraction: float = 0.2):
@@ -47,19 +47,5 @@ def task(width: int = 8, init_seed: int = 0) -> Task:
     if isinstance(init_seed, bool) or not isinstance(init_seed, int) or not 0 <= init_seed < 2**63:
         raise ValueError(f"task option 'init_seed' must be an integer in [0, 2**63), got {init_seed!r}")
     x, y, xt, yt = load()
-    model = cnn(width, init_seed)
-
-    def batch(indices):
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return x[idx], y[idx]
-
-    def losses(m, b):
-        return nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")
-
-    @torch.no_grad()
-    def evaluate(m):
-        logits = m(xt)
-        return dict(accuracy=(logits.argmax(1) == yt).float().mean().item(),
-                    loss=nn.functional.cross_entropy(logits, yt).item())
-
-    return Task("digits", model, y.tolist(), batch, losses, evaluate, dict(width=width, init_seed=init_seed))
+    return tensor_classification("digits", cnn(width, init_seed), x, y, xt, yt,
+                                 dict(width=width, init_seed=init_seed))
