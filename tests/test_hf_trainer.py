@@ -72,3 +72,13 @@ def test_trainer_with_peft_trains_adapters_only(tmp_path):
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
+
+
+def test_trainer_logs_the_projected_gradient_not_a_zero_grad_norm(tmp_path):
+    trainer = ZOTrainer(model=_model(), args=_args(tmp_path, max_grad_norm=1.0, max_steps=4, logging_steps=2),
+                        train_dataset=_dataset(), zo_eps=1e-3)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    assert all("grad_norm" not in h for h in logs)  # there is no gradient; the Trainer used to log 0.0
+    assert all(h["zo_projected_grad"] > 0 for h in logs)

@@ -210,7 +210,7 @@ def test_per_group_eps_scales_perturbation_and_estimate():
     opt.step(_closure(model, x, y))
     z = zokernels.noise(w0.shape, opt.last_seeds[0], key=param_key("0.weight"))
     assert torch.allclose(model[0].weight.detach() - w0, -1e-2 * opt.last_projections[0] * 0.5 * z, atol=1e-7)
-    with pytest.raises(ValueError, match="group's eps"):
+    with pytest.raises(ValueError, match="eps must be positive"):
         zokernels.ZOSGD([{"params": list(model.named_parameters()), "eps": 0.0}])
 
 
@@ -313,7 +313,7 @@ def test_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(mode="nope"), "mode"), (dict(eps=0.0), "eps"), (dict(lr=float("nan")), "lr"), (dict(q=0), "q must be >= 1"),
+    (dict(mode="nope"), "mode"), (dict(eps=0.0), "eps"), (dict(lr=float("nan")), "lr"), (dict(q=0), "q must be an integer >= 1"),
     (dict(dist="gaussian-fast"), "dist"), (dict(momentum=1.0), "momentum"),
     (dict(mode="shadow", fuse_steps=True), "fuse_steps"),
 ])

@@ -11,6 +11,9 @@ behaves as in first-order training (MeZO's trainer refuses accumulation). Forwar
 (no dropout), as MeZO does, so the two perturbed losses differ only by the perturbation. The
 learning-rate schedule, logging, evaluation and checkpointing are the Trainer's own; weight decay
 exempts biases and norm weights (zokernels.zo_param_groups). PEFT models train their adapters only.
+There is no gradient, so the logs carry no grad_norm (the Trainer would log 0); they carry
+zo_projected_grad instead: the mean |g| of the ZO steps since the previous log, g the projected
+gradient (L+ - L-) / (2 eps) averaged over the step's q perturbations.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class ZOTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.zo_eps, self.zo_mode, self.zo_options = zo_eps, zo_mode, dict(zo_options or {})
         self._zo_batches: list = []
+        self._zo_abs_projections: list[float] = []  # |g| of each step since the last log
         self.zo_optimizer: ZOSGD | None = None
 
     def create_optimizer(self, model=None):
@@ -73,13 +77,19 @@ class ZOTrainer(Trainer):
             return 0.0
         batches, self._zo_batches = self._zo_batches, []
         model = self.model
-        was_training = model.training
-        model.eval()
 
         def closure():
             return sum(self.compute_loss(model, b) for b in batches) / len(batches)
 
-        try:
-            return self.zo_optimizer.step(closure)
-        finally:
-            model.train(was_training)
+        loss = self.zo_optimizer.step(closure)  # in eval mode: ZOSGD switches the model it was built on
+        projections = self.zo_optimizer.last_projections
+        self._zo_abs_projections.append(abs(sum(projections) / len(projections)))
+        return loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """The Trainer's log without its grad_norm (no gradient exists), with zo_projected_grad."""
+        logs = {k: v for k, v in logs.items() if k != "grad_norm"}
+        if "loss" in logs and self._zo_abs_projections:
+            logs["zo_projected_grad"] = sum(self._zo_abs_projections) / len(self._zo_abs_projections)
+            self._zo_abs_projections = []
+        super().log(logs, *args, **kwargs)

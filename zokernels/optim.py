@@ -12,17 +12,39 @@ Modes (`mode=`):
   "inplace"  weights are perturbed in place: +eps, -2eps, then restore and update fused as
              w += (eps - lr g) z: 3 passes over parameter memory per step (q=1), 2 with
              fuse_steps=True (the update is fused with the next step's +eps; call flush() before
-             reading the weights). In bf16/fp16 the restore is not exact.
+             reading the weights). The restore is not exact in any dtype: w + eps z - 2 eps z + eps z
+             rounds three times (float32 too, by an ulp or so; in bf16/fp16 most small updates are lost).
   "shadow"   weights are never written during the forwards: a forward pre-hook on each module that
              owns trainable parameters swaps in a perturbed copy made just in time, and a forward
              hook drops it. The update is the only write, once per step, and restore is exact in
              any dtype. Extra memory: the largest module's trainable weights.
+
+The forwards of a step run in eval mode (no dropout), as MeZO's zo_forward does: two losses under
+different dropout masks differ by far more than the perturbation, and training diverges. When the
+optimizer knows the model (constructed from it, or with module=), it switches the model to eval mode
+for the forwards and restores every submodule's training flag afterwards; with bare named parameters,
+put the model in eval mode yourself.
+
+Weight decay follows MeZO's zo_update: w <- w - lr (g z + wd w), decaying the restored weights (never
+the perturbed ones), decoupled in ZOAdam (as AdamW). `ZOSGD(model, weight_decay=wd)` exempts biases
+and normalization weights (see `zo_param_groups`); explicit param groups decay as their
+"weight_decay" says.
+
+Threads: an optimizer steps one model at a time. A second step(), projection(), evaluate_pair() or
+apply_updates() on the same optimizer, or on another optimizer of the same model, while one runs in
+another thread raises RuntimeError instead of corrupting the weights. Other threads must not run the
+model's forward while a step runs (in shadow mode its modules hold perturbed copies during their
+forwards; in place the weights themselves are perturbed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import struct
+import threading
+import weakref
 from typing import Callable, Iterable
 
 import torch
@@ -48,38 +70,120 @@ def param_key(name: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def zo_param_groups(model: nn.Module, weight_decay: float,
-                    no_decay: Iterable[str] = ("bias", "norm", "ln_", "layernorm")) -> list[dict]:
-    """Two named groups, as fine-tuning recipes do: decay for weights, none for biases and norm weights."""
+# MeZO's zo_update exempts names containing these (case-sensitively; we ignore case, so RoBERTa/BERT's
+# "LayerNorm" weights are exempt too, as in Hugging Face's Trainer).
+NO_DECAY = ("bias", "layer_norm", "layernorm")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm, GroupNorm, BatchNorm and models' own norm classes (LlamaRMSNorm, T5LayerNorm...)."""
+    return "norm" in type(module).__name__.lower()
+
+
+def zo_param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = NO_DECAY) -> list[dict]:
+    """Two named groups: {"params": decayed, "weight_decay": weight_decay} and {"params": exempt,
+    "weight_decay": 0.0}. Exempt: MeZO's rule (a name containing "bias", "layer_norm" or "layernorm", any
+    case) and every parameter of a normalization module (by class name, as Hugging Face's Trainer does),
+    so a model's final "norm.weight" or an nn.LayerNorm inside nn.Sequential is exempt too. This is the
+    default of `ZOSGD(model, weight_decay=...)` and of ZOTrainer."""
+    in_norm = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return _split_decay(named, weight_decay, in_norm, no_decay)
+
+
+def _split_decay(named, weight_decay: float, exempt_ids=frozenset(), no_decay: Iterable[str] = NO_DECAY) -> list[dict]:
+    tags = tuple(t.lower() for t in no_decay)
     decay, exempt = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lowered = name.lower()
-        (exempt if any(tag in lowered for tag in no_decay) or p.ndim < 2 else decay).append((name, p))
+    for name, p in named:
+        (exempt if id(p) in exempt_ids or any(t in name.lower() for t in tags) else decay).append((name, p))
     return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
-def _named_groups(params) -> tuple[nn.Module | None, list[dict]]:
+def _named_groups(params, weight_decay: float) -> tuple[nn.Module | None, list[dict]]:
     if isinstance(params, nn.Module):
+        if weight_decay:
+            return params, zo_param_groups(params, weight_decay)
         return params, [{"params": list(params.named_parameters())}]
     items = list(params)
-    groups = [dict(g, params=list(g["params"])) for g in items] if items and isinstance(items[0], dict) else [
-        {"params": items}]
+    is_groups = items and isinstance(items[0], dict)
+    groups = [dict(g, params=list(g["params"])) for g in items] if is_groups else [{"params": items}]
     for g in groups:
         for entry in g["params"]:
             if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], torch.Tensor)):
                 raise TypeError("ZO optimizers need parameter names for stable noise keys: pass the model, "
                                 "model.named_parameters(), or groups whose 'params' are (name, parameter) pairs")
+    if weight_decay and not is_groups:  # bare named parameters: MeZO's name rule (no modules to look at)
+        groups = _split_decay(items, weight_decay)
     return None, groups
 
 
+def _check_param(name: str, p: torch.Tensor) -> None:
+    """Refuse, at construction and by name, a parameter the kernels cannot update."""
+    if type(p.data) is not torch.Tensor:
+        raise TypeError(f"parameter {name!r} is a {type(p.data).__name__}, a tensor subclass the ZO kernels do "
+                        "not understand (DTensor shards, quantized or fake tensors): pass plain tensors")
+    if p.device.type == "meta":
+        raise ValueError(f"parameter {name!r} is on the meta device and has no data; materialize the model first "
+                         "(e.g. model.to_empty(device=...) and load the weights)")
+    if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"parameter {name!r} has dtype {p.dtype}; ZO updates support float32, bfloat16, float16")
+    if p.layout != torch.strided or not p.is_contiguous():
+        raise ValueError(f"parameter {name!r} is not a contiguous dense tensor (shape {tuple(p.shape)}, stride "
+                         f"{p.stride()}): the noise is defined on the row-major element index; make it contiguous "
+                         "(e.g. p.data = p.data.contiguous()) before building the optimizer")
+
+
+def _f32(value: float, what: str) -> float:
+    """value, refused unless it is finite as a float32 (the kernels' arithmetic): 1e39 is inf there."""
+    try:
+        finite = math.isfinite(value) and math.isfinite(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"{what} must be finite in float32 (|x| < 3.4e38), got {value}")
+    return value
+
+
 def _loss_value(loss, what: str) -> float:
-    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"the closure must return a scalar loss; it returned a tensor of shape "
+                             f"{tuple(loss.shape)} at {what} (reduce it, e.g. with .mean())")
+        value = float(loss.detach())
+    elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        value = float(loss)
+    else:
+        raise TypeError(f"the closure must return the loss as a scalar tensor or a number; it returned "
+                        f"{type(loss).__name__} at {what} (a missing `return`?)")
     if not math.isfinite(value):
         raise FloatingPointError(f"the closure returned a non-finite loss ({value}) at {what}; "
-                                 "the weights were restored and no update was applied")
+                                 "the weights were restored (in place: up to rounding) and no update was applied")
     return value
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module | None):
+    """Run the forwards without dropout (see the module docstring); training flags come back after."""
+    training = [m for m in module.modules() if m.training] if module is not None else []
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+# One lock per model, whichever optimizers step it (see the module docstring on threads).
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(module: nn.Module | None) -> threading.Lock:
+    if module is None:
+        return threading.Lock()
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(module, threading.Lock())
 
 
 class _Arena:
@@ -136,11 +240,15 @@ class _Shadow:
             self.handles.append(mod.register_forward_hook(self._post))
         self.arena = _Arena()
         self.active: tuple[int, float] | None = None
+        self.thread: int | None = None  # the stepping thread: other threads' forwards pass through unperturbed
         self.swapped: list[tuple[nn.Module, list[tuple[str, torch.Tensor, torch.Tensor, int]]]] = []
         self.peak_temp_bytes = 0
 
+    def _mine(self) -> bool:
+        return self.active is not None and threading.get_ident() == self.thread
+
     def _pre(self, mod, args):
-        if self.active is None:
+        if not self._mine():
             return None
         if self._gatherable(mod, args):
             return self._pre_embedding(mod, args)
@@ -185,7 +293,7 @@ class _Shadow:
         return (inverse.view_as(args[0]),) + tuple(args[1:])
 
     def _post(self, mod, args, output):
-        if self.active is not None and self.swapped and self.swapped[-1][0] is mod:
+        if self._mine() and self.swapped and self.swapped[-1][0] is mod:
             self._undo(self.swapped.pop())
 
     def _undo(self, swap) -> None:
@@ -197,7 +305,7 @@ class _Shadow:
             mod.padding_idx = padding_idx
 
     def loss(self, closure, seed: int, scale: float):
-        self.active = (seed, scale)
+        self.active, self.thread = (seed, scale), threading.get_ident()
         try:
             return closure()
         finally:  # also after an exception inside the forward
@@ -239,19 +347,16 @@ class ZOSGD(torch.optim.Optimizer):
                  module: nn.Module | None = None, backend: str | None = None):
         if mode not in ("inplace", "shadow"):
             raise ValueError(f"mode must be 'inplace' or 'shadow', got {mode!r}")
-        if not (eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a positive finite number, got {eps}")
-        if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a non-negative finite number, got {lr}")
-        if q < 1:
-            raise ValueError(f"q must be >= 1, got {q}")
+        if isinstance(q, bool) or not isinstance(q, int) or q < 1:
+            raise ValueError(f"q must be an integer >= 1, got {q!r}")
         if dist not in spec.PORTABLE_DISTS:
             raise ValueError(f"dist must be one of {spec.PORTABLE_DISTS}, got {dist!r}")
         if rounding not in spec.ROUNDINGS:
             raise ValueError(f"rounding must be one of {spec.ROUNDINGS}, got {rounding!r}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        given, groups = _named_groups(params)
+        seed = ops._as_int(seed, "seed", 0, spec.SEED_MAX)
+        given, groups = _named_groups(params, weight_decay)
         module = module or given
         if mode == "shadow" and module is None:
             raise ValueError("mode='shadow' hooks the model's modules: construct with ZOSGD(model, mode='shadow') "
@@ -263,6 +368,7 @@ class ZOSGD(torch.optim.Optimizer):
             g["names"] = [n for n, _ in named]
             g["params"] = [p for _, p in named]
             for n, p in named:
+                _check_param(n, p)
                 key = param_key(n)
                 if names_of_key.get(key, normalize_name(n)) != normalize_name(n):
                     raise ValueError(f"parameters {names_of_key[key]!r} and {n!r} hash to the same noise key; "
@@ -272,10 +378,16 @@ class ZOSGD(torch.optim.Optimizer):
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise ValueError("no trainable parameters (none has requires_grad=True)")
-        for g in groups:
-            if "eps" in g and not (g["eps"] > 0 and math.isfinite(g["eps"])):
-                raise ValueError(f"a param group's eps must be a positive finite number, got {g['eps']}")
         super().__init__(groups, dict(lr=lr, eps=eps, weight_decay=weight_decay))
+        for i, g in enumerate(self.param_groups):
+            where = f"param group {i}'s" if len(self.param_groups) > 1 else "the"
+            for field, ok in (("eps", lambda v: v > 0), ("lr", lambda v: v >= 0), ("weight_decay", lambda v: v >= 0)):
+                if not ok(_f32(g[field], f"{where} {field}")):
+                    raise ValueError(f"{where} {field} must be {'positive' if field == 'eps' else 'non-negative'}, "
+                                     f"got {g[field]}")
+        self.name_of_key = {self.key_of[id(p)]: n for g in self.param_groups for n, p in zip(g["names"], g["params"])}
+        self.module = module
+        self._lock, self._model_lock = threading.Lock(), _model_lock(module)
         self.eps, self.q, self.dist, self.one_sided, self.sign = eps, q, dist, one_sided, sign
         self.momentum, self.rounding, self.seed, self.mode = momentum, rounding, seed, mode
         self.backend = backend
@@ -287,6 +399,7 @@ class ZOSGD(torch.optim.Optimizer):
         self.last_projections: list[float] = []
         self.stats: dict = {}
         self._restore: list[tuple[int, float]] = []  # in-place: perturbation not yet undone
+        self._restore_factors: list[float] | None = None  # per group: weight decay applied since (see _weight_decay)
         self._deferred: list[tuple[int, float]] = []  # fuse_steps: the last update, not yet written
         ratio_of = {id(p): self._eps_ratio(g) for g in self.param_groups for p in g["params"]}
         self._shadow = _Shadow(module, self.key_of, ratio_of, self._perturbed_copy) if mode == "shadow" else None
@@ -298,8 +411,15 @@ class ZOSGD(torch.optim.Optimizer):
     # ------------------------------------------------------------ kernel calls
 
     def _perturbed_copy(self, out, sources, seed, scale, keys, offsets=None):
-        ops.perturb_(out, seed, scale, keys=keys, offsets=offsets, sources=sources, dist=self.dist,
-                     backend=self.backend)
+        try:
+            ops.perturb_(out, seed, scale, keys=keys, offsets=offsets, sources=sources, dist=self.dist,
+                         backend=self.backend)
+        except ops.NonFiniteError as exc:
+            names = ", ".join(f"{self.name_of_key[keys[i]]!r} ({out[i].dtype})" for i in exc.indices)
+            raise ops.NonFiniteError(
+                f"step {self.step_count}: the perturbed copy w + {scale:g} z of {names} is not finite (eps overflows "
+                "the dtype there). The weights themselves are unchanged: shadow mode writes only copies. Lower eps, "
+                "or keep these weights in float32/bfloat16.", exc.indices) from None
 
     def _eps_ratio(self, g: dict) -> float:
         return g["eps"] / self.eps
@@ -312,20 +432,44 @@ class ZOSGD(torch.optim.Optimizer):
     def _update_scale(self, g: dict) -> float:
         return g["lr"] * self._estimate_scale(g)
 
-    def _write(self, raw: list[tuple[int, float]], updates: list[tuple[int, float]] = ()) -> None:
-        """One pass over every trainable tensor: the perturbation terms (coefficients in units of the
-        optimizer's eps, scaled to each group's eps), then the update terms (times _update_scale),
-        rounding as configured when there is an update."""
-        if not raw and not updates:
+    def _write(self, raw=(), updates=(), *, restore: bool = False, what: str) -> None:
+        """One pass over every trainable tensor: with restore=True the pending restore terms (times each
+        group's decay factor), then the perturbation terms `raw` (coefficients in units of the optimizer's
+        eps, scaled to each group's eps), then the update terms (times _update_scale), rounding as
+        configured when there is an update. `what` names the write in errors."""
+        back, factors = self._take_restore() if restore else ([], None)
+        if not back and not raw and not updates:
             return
         rounding = self.rounding if updates else "nearest"
-        for g in self.param_groups:
+
+        def pairs(i, g):
             ratio, scale = self._eps_ratio(g), self._update_scale(g)
-            pairs = [(s, c * ratio) for s, c in raw] + [(s, c * scale) for s, c in updates]
-            ops.update_(g["params"], [s for s, _ in pairs], [c for _, c in pairs],
-                        keys=[self.key_of[id(p)] for p in g["params"]], dist=self.dist, rounding=rounding,
-                        backend=self.backend)
+            undo = ratio * (factors[i] if factors else 1.0)
+            return [(s, c * undo) for s, c in back] + [(s, c * ratio) for s, c in raw] + [(s, c * scale) for s, c in updates]
+
+        self._update_groups(pairs, rounding, what)
+
+    def _update_groups(self, pairs_of: Callable, rounding: str, what: str) -> None:
+        """ops.update_ on every group with the (seed, coeff) pairs pairs_of(i, group). A non-finite result is
+        reported after every group was written (the kernels find it inside their pass, too late to undo)."""
+        bad = []
+        for i, g in enumerate(self.param_groups):
+            pairs = pairs_of(i, g)
+            try:
+                ops.update_(g["params"], [s for s, _ in pairs], [c for _, c in pairs],
+                            keys=[self.key_of[id(p)] for p in g["params"]], dist=self.dist, rounding=rounding,
+                            backend=self.backend)
+            except ops.NonFiniteError as exc:
+                bad += [(g["names"][k], g["params"][k].dtype) for k in exc.indices]
         self.stats["weight_write_passes"] = self.stats.get("weight_write_passes", 0) + 1
+        if bad:
+            self._restore, self._restore_factors, self._deferred = [], None, []
+            names = ", ".join(f"{n!r} ({dtype})" for n, dtype in bad)
+            raise ops.NonFiniteError(
+                f"step {self.step_count}: {what} made {names} non-finite (the result overflows the dtype). The write "
+                "was applied to every trainable parameter, so these now hold inf/NaN and cannot be restored: reload "
+                "the weights, then lower lr/eps, keep them in float32/bfloat16, or use mode='shadow' (it never "
+                "writes perturbed weights).", [])
 
     # ------------------------------------------------------------ estimates
 
@@ -336,7 +480,7 @@ class ZOSGD(torch.optim.Optimizer):
         try:
             return _loss_value(closure(), what)
         except BaseException:
-            self.flush()  # in-place: put the weights back before the error propagates
+            self._flush()  # in-place: put the weights back before the error propagates
             raise
 
     def _projections(self, closure, seeds: list[int]) -> tuple[list[float], float]:
@@ -349,20 +493,21 @@ class ZOSGD(torch.optim.Optimizer):
                 lp = self._loss(closure, f"step {t}, +eps", s, eps)
                 lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps", s, -eps)
             else:
-                self._write(self._take_restore() + [(s, eps)], self._take_deferred())
+                self._write([(s, eps)], self._take_deferred(), restore=True, what="the +eps perturbation")
                 self._restore = [(s, -eps)]
                 lp = self._loss(closure, f"step {t}, +eps")
                 if not self.one_sided:
-                    self._write([(s, -2 * eps)])
+                    self._write([(s, -2 * eps)], what="the -2 eps perturbation")
                     self._restore = [(s, eps)]
                 lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps")
             proj.append((lp - lm) / (eps if self.one_sided else 2 * eps))
             first = lp if first is None else first
         return proj, base if self.one_sided else first
 
-    def _take_restore(self) -> list[tuple[int, float]]:
-        terms, self._restore = self._restore, []
-        return terms
+    def _take_restore(self) -> tuple[list[tuple[int, float]], list[float] | None]:
+        terms, factors = self._restore, self._restore_factors
+        self._restore, self._restore_factors = [], None
+        return terms, factors
 
     def _take_deferred(self) -> list[tuple[int, float]]:
         terms, self._deferred = self._deferred, []
@@ -370,38 +515,79 @@ class ZOSGD(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ public API
 
+    @contextlib.contextmanager
+    def _running(self, what: str):
+        """One call at a time per optimizer and per model (see the module docstring), forwards in eval mode."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(f"{what}: this optimizer is already running a call in another thread; an optimizer "
+                               "steps one model at a time (use one optimizer and one model copy per thread)")
+        try:
+            if not self._model_lock.acquire(blocking=False):
+                raise RuntimeError(f"{what}: another ZO optimizer is stepping this model right now; a model takes "
+                                   "one ZO call at a time (use one model copy per thread)")
+            try:
+                with _eval_mode(self.module):
+                    yield
+            finally:
+                self._model_lock.release()
+        finally:
+            self._lock.release()
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
         """One ZO step. The closure runs a forward on the batch and returns the loss; it is called
-        2q times (q + 1 when one_sided). Returns the loss at w + eps z_0 (at w when one_sided)."""
+        2q times (q + 1 when one_sided), with the model in eval mode. Returns the loss at w + eps z_0
+        (at w when one_sided)."""
         if closure is None:
             raise ValueError("ZO optimizers need a closure that runs a forward and returns the loss")
-        self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
-        seeds = [derive_seed(self.seed, self.step_count, j) for j in range(self.q)]
-        proj, loss = self._projections(closure, seeds)
-        est = [(math.copysign(1.0, g) if g else 0.0) if self.sign else g for g in proj]
-        self._weight_decay()
-        updates = [(s, -e / self.q) for s, e in zip(seeds, est)]
-        if self._materializes():
-            self._write(self._take_restore())
-            self._materialized_update(updates)
-        elif self.fuse_steps:
-            self._deferred = updates  # written with the next +eps (or by flush)
-        else:
-            self._write(self._take_restore(), updates)
-        self.last_seeds, self.last_projections = seeds, proj
-        self.step_count += 1
-        if self._shadow is not None:
-            self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], self._shadow.peak_temp_bytes)
-            self._shadow.peak_temp_bytes = 0
-        return loss
+        with self._running("step()"):
+            self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
+            seeds = [derive_seed(self.seed, self.step_count, j) for j in range(self.q)]
+            proj, loss = self._projections(closure, seeds)
+            est = [(math.copysign(1.0, g) if g else 0.0) if self.sign else g for g in proj]
+            updates = [(s, -e / self.q) for s, e in zip(seeds, est)]
+            self._check_update(updates, proj)
+            if self._materializes():
+                self._write(restore=True, what="the restore")
+                self._weight_decay()
+                self._materialized_update(updates)
+            else:
+                self._weight_decay()
+                if self.fuse_steps:
+                    self._deferred = updates  # written with the next +eps (or by flush)
+                else:
+                    self._write((), updates, restore=True, what="the restore and update")
+            self.last_seeds, self.last_projections = seeds, proj
+            self.step_count += 1
+            if self._shadow is not None:
+                self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], self._shadow.peak_temp_bytes)
+                self._shadow.peak_temp_bytes = 0
+            return loss
+
+    def _check_update(self, updates, proj) -> None:
+        """Refuse an update whose coefficient lr * g is not finite in float32, before anything is written."""
+        try:
+            for g in self.param_groups:
+                for _, c in updates:
+                    _f32(c * self._update_scale(g), "the update coefficient lr * g")
+        except ValueError as exc:
+            self._write(restore=True, what="the restore")
+            raise FloatingPointError(f"step {self.step_count}: {exc} (projected gradients {proj}); the weights were "
+                                     "restored (in place: up to rounding) and no update was applied") from None
 
     def _weight_decay(self) -> None:
-        for g in self.param_groups:
-            if g["weight_decay"]:
+        """w <- (1 - lr wd) w at the restored weights, as MeZO's zo_update (w - lr (g z + wd w)). In place
+        the weights still sit at w - eps z here, so the pending restore is scaled by the same factor f:
+        f (w - eps z) + f eps z = f w exactly in real arithmetic, with no extra pass."""
+        factors = [1 - g["lr"] * g["weight_decay"] for g in self.param_groups]
+        for g, f in zip(self.param_groups, factors):
+            if f != 1:
                 for p in g["params"]:
-                    p.mul_(1 - g["lr"] * g["weight_decay"])
-                self.stats["weight_write_passes"] += 1
+                    p.mul_(f)
+        if any(f != 1 for f in factors):
+            self.stats["weight_write_passes"] += 1
+            if self._restore:
+                self._restore_factors = factors
 
     def _direction(self, p: torch.Tensor, updates) -> torch.Tensor:
         """sum_k coeff_k z_k for one tensor, in float32 (a temporary as large as p)."""
@@ -415,58 +601,73 @@ class ZOSGD(torch.optim.Optimizer):
     def _materialized_update(self, updates) -> None:
         """ZO-SGD-MMT: m = momentum * m + d; w -= lr * m (d = -sum_j est_j z_j / q, so w += lr * m)."""
         for g in self.param_groups:
-            for p in g["params"]:
+            for name, p in zip(g["names"], g["params"]):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros(p.shape, dtype=torch.float32,
                                                                               device=p.device))
                 buf.mul_(self.momentum).add_(self._direction(p, updates), alpha=self._estimate_scale(g))
-                p.copy_(p.float().add_(buf, alpha=g["lr"]))
+                self._assign(name, p, p.float().add_(buf, alpha=g["lr"]))
         self.stats["weight_write_passes"] += 1
+
+    def _assign(self, name: str, p: torch.Tensor, new: torch.Tensor) -> None:
+        """p = new (rounded to p's dtype), refused when the result is not finite there."""
+        new = new.to(p.dtype)
+        if not torch.isfinite(new).all():
+            raise ops.NonFiniteError(
+                f"step {self.step_count}: the update of {name!r} ({p.dtype}) is not finite; it and the parameters "
+                "after it were left as they were, those before it (in param-group order) were updated at this step. "
+                "Lower lr, or keep the weights in float32/bfloat16.", [])
+        p.copy_(new)
+
+    def _flush(self) -> None:
+        self._write((), self._take_deferred(), restore=True, what="the pending restore and update")
 
     @torch.no_grad()
     def flush(self) -> None:
         """Write whatever in-place mode deferred (fuse_steps, or a step aborted by an error)."""
-        self._write(self._take_restore(), self._take_deferred())
+        with self._running("flush()"):
+            self._flush()
 
     @torch.no_grad()
     def projection(self, seed: int, closure: Callable[[], torch.Tensor]) -> float:
         """The projected gradient along z(seed) on the closure's batch; the weights are left as they were
         (exactly in shadow mode, up to rounding in place)."""
-        self.flush()
-        self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
-        g = self._projections(closure, [seed])[0][0]
-        self.flush()
-        return g
+        with self._running("projection()"):
+            self._flush()
+            self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
+            g = self._projections(closure, [seed])[0][0]
+            self._flush()
+            return g
 
     @torch.no_grad()
     def evaluate_pair(self, seed: int, closure: Callable):
         """The closure's outputs at w + eps z(seed) and at w - eps z(seed), whatever they are (per-example
         losses of several clients' batches, say); the weights are left as they were (exactly in shadow
         mode, up to rounding in place)."""
-        self.flush()
-        if self._shadow is not None:
-            return self._shadow.loss(closure, seed, self.eps), self._shadow.loss(closure, seed, -self.eps)
-        try:
-            self._write([(seed, self.eps)])
-            self._restore = [(seed, -self.eps)]
-            plus = closure()
-            self._write([(seed, -2 * self.eps)])
-            self._restore = [(seed, self.eps)]
-            minus = closure()
-        finally:
-            self.flush()
-        return plus, minus
+        with self._running("evaluate_pair()"):
+            self._flush()
+            if self._shadow is not None:
+                return self._shadow.loss(closure, seed, self.eps), self._shadow.loss(closure, seed, -self.eps)
+            try:
+                self._write([(seed, self.eps)], what="the +eps perturbation")
+                self._restore = [(seed, -self.eps)]
+                plus = closure()
+                self._write([(seed, -2 * self.eps)], what="the -2 eps perturbation")
+                self._restore = [(seed, self.eps)]
+                minus = closure()
+            finally:
+                self._flush()
+            return plus, minus
 
     @torch.no_grad()
     def apply_updates(self, seeds: list[int], coeffs: list[float]) -> None:
         """w += coeff_k * z(seed_k) for each pair in order, in one pass (coefficients as given, no lr)."""
-        self.flush()
-        self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
         if len(seeds) != len(coeffs):
             raise ValueError(f"got {len(seeds)} seeds but {len(coeffs)} coeffs")
-        for g in self.param_groups:
-            ops.update_(g["params"], list(seeds), list(coeffs), keys=[self.key_of[id(p)] for p in g["params"]],
-                        dist=self.dist, rounding=self.rounding, backend=self.backend)
-        self.stats["weight_write_passes"] = 1
+        with self._running("apply_updates()"):
+            self._flush()
+            self.stats = dict(weight_write_passes=0, forwards=0, peak_temp_bytes=0)
+            pairs = list(zip(seeds, coeffs))
+            self._update_groups(lambda i, g: pairs, self.rounding, "apply_updates()")
 
     def state_dict(self):
         self.flush()
@@ -489,13 +690,17 @@ class ZOSGD(torch.optim.Optimizer):
 
 
 class ZOAdam(ZOSGD):
-    """ZO-Adam: Adam moments on the ZO direction d = -mean_j(g_j z_j). Keeps two float32 buffers per
-    parameter (extra memory: 8 bytes per trainable parameter) and materializes z one tensor at a time."""
+    """ZO-Adam: Adam moments on the ZO direction d = -mean_j(g_j z_j), weight decay decoupled (AdamW).
+    Keeps two float32 buffers per parameter (extra memory: 8 bytes per trainable parameter) and
+    materializes z one tensor at a time."""
 
     def __init__(self, params, lr: float = 1e-4, eps: float = 1e-3, weight_decay: float = 0.0, *,
                  betas=(0.9, 0.999), adam_eps: float = 1e-8, **kw):
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if not (len(betas) == 2 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if not (adam_eps > 0 and math.isfinite(adam_eps)):
+            raise ValueError(f"adam_eps must be a positive finite number (it keeps m / sqrt(v) finite where v is 0), "
+                             f"got {adam_eps}")
         self.betas, self.adam_eps = betas, adam_eps
         super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, **kw)
 
@@ -506,7 +711,7 @@ class ZOAdam(ZOSGD):
         b1, b2 = self.betas
         t = self.step_count + 1
         for g in self.param_groups:
-            for p in g["params"]:
+            for name, p in zip(g["names"], g["params"]):
                 st = self.state[p]
                 m = st.setdefault("exp_avg", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
                 v = st.setdefault("exp_avg_sq", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
@@ -514,5 +719,5 @@ class ZOAdam(ZOSGD):
                 m.mul_(b1).add_(d, alpha=1 - b1)
                 v.mul_(b2).addcmul_(d, d, value=1 - b2)
                 step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(self.adam_eps))
-                p.copy_(p.float().add_(step, alpha=g["lr"]))
+                self._assign(name, p, p.float().add_(step, alpha=g["lr"]))
         self.stats["weight_write_passes"] += 1
