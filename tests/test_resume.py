@@ -36,7 +36,7 @@ def _kill_after(out, step):
     while time.monotonic() < deadline:
         try:
             with open(path) as f:
-                if json.load(f)["step"] >= step:
+                if json.load(f)["content"]["step"] >= step:  # a sealed JSON file (zofed.atomic)
                     break
         except (OSError, ValueError):
             pass
@@ -44,7 +44,7 @@ def _kill_after(out, step):
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     with open(path) as f:
-        return json.load(f)["step"]
+        return json.load(f)["content"]["step"]
 
 
 def test_kill_9_and_resume_is_bit_identical(tmp_path):

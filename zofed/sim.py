@@ -15,8 +15,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -49,6 +51,8 @@ def _write_json(path: str, obj) -> None:
 
 CHECKPOINT = "checkpoint.json"
 ROUND_CHECKPOINT = "checkpoint.pt"  # zofed.rounds' (FedMeZO, ZOWarmUp): a folder holds one kind of run
+METRICS = "metrics.jsonl"
+_CHECKPOINT_KEYS = {"config", "task", "task_options", "base_sha256", "rows", "metrics_sha256", "seconds"}
 
 
 def _differences(there: dict, here: dict) -> str:
@@ -56,19 +60,45 @@ def _differences(there: dict, here: dict) -> str:
     return ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in keys)
 
 
+def resumable(out: str | None, mine: str, other: str) -> bool:
+    """Whether `out` holds a checkpoint named `mine`; ValueError if it holds one of the other kind of run."""
+    if not out:
+        return False
+    if os.path.exists(os.path.join(out, other)):
+        raise ValueError(f"{out} holds a run of another strategy (it has {other}); use another --out folder")
+    return os.path.exists(os.path.join(out, mine))
+
+
+def cannot_resume(why: str) -> atomic.DamagedFileError:
+    return atomic.DamagedFileError(f"{why}; the run cannot resume from it: start it again with another --out "
+                                   "(this folder is left as it is)")
+
+
+def load_checkpoint(path: str, read, keys=_CHECKPOINT_KEYS) -> dict:
+    """read(path), verified whole by its seal and holding `keys`; DamagedFileError saying what to do otherwise."""
+    try:
+        ck = read(path)
+    except atomic.DamagedFileError as exc:
+        raise cannot_resume(str(exc)) from None
+    if not isinstance(ck, dict) or not keys <= set(ck):
+        raise cannot_resume(f"{path} is not a checkpoint of this zofed version")
+    return ck
+
+
 def _resume(out: str, cfg: SimConfig, task, replica, strategy, server, base_sha) -> tuple[list, list, float]:
     """Bring a fresh model, strategy and server to the last checkpoint in `out`: (rows, broadcasts, seconds).
     The weights are rebuilt from the broadcasts (as an orbit replay does) and checked against its digest."""
-    with open(os.path.join(out, CHECKPOINT)) as f:
-        ck = json.load(f)
+    ck = load_checkpoint(os.path.join(out, CHECKPOINT), atomic.read_sealed_json,
+                         _CHECKPOINT_KEYS | {"step", "digest", "history", "server"})
     check_resumable(out, ck, dataclasses.asdict(cfg), task, base_sha)
+    rows = read_rows(out, ck["rows"], ck["metrics_sha256"])
     downs = strategy.steps_of(decode(base64.b64decode(ck["history"]))) if ck["step"] else []
     replica.apply([op for t, down in enumerate(downs) for op in strategy.ops(t, down)])
     if replica.digest().hex() != ck["digest"]:
         raise RuntimeError(f"rebuilding {out} at step {ck['step']} gave other weights than the run had; "
                            "the library or the task changed since: start over in another folder")
     server.load_state_dict(ck["server"], downs)
-    return read_rows(out, ck["rows"]), list(downs), ck["seconds"]
+    return rows, list(downs), ck["seconds"]
 
 
 def check_resumable(out: str, ck: dict, config: dict, task, base_sha: str) -> None:
@@ -82,18 +112,53 @@ def check_resumable(out: str, ck: dict, config: dict, task, base_sha: str) -> No
         raise ValueError(f"{out} was started on other base weights ({ck['base_sha256'][:16]}...); refusing to resume")
 
 
-def read_rows(out: str, n: int) -> list[dict]:
-    """The first n rows of out/metrics.jsonl: those the checkpoint covers."""
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f.read().splitlines()[:n]]
+def read_rows(out: str, n: int, sha256: str) -> list[dict]:
+    """The first n rows of out/metrics.jsonl (those a checkpoint covers), verified against their sha256. Lines
+    after them are not read: the resumed run writes them again."""
+    path = os.path.join(out, METRICS)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise cannot_resume(f"{path} is missing") from None
+    tail = data.split(b"\n", n)
+    if len(tail) <= n:
+        raise cannot_resume(f"{path} is damaged or truncated: it holds {len(tail) - 1} of the {n} lines the checkpoint "
+                            "covers")
+    covered = data[:len(data) - len(tail[-1])]
+    if hashlib.sha256(covered).hexdigest() != sha256:
+        raise cannot_resume(f"{path} is damaged: its first {n} lines do not match the sha256 the checkpoint "
+                            "recorded (a changed bit or a torn write)")
+    return [json.loads(line) for line in covered.decode().splitlines()]
 
 
-def _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, downs, seconds) -> None:
+class MetricsLog:
+    """out/metrics.jsonl: `rows` written atomically, then a JSON row per line, flushed as the run goes. It keeps
+    the sha256 of the lines written, which a checkpoint records so that resume can verify them (read_rows)."""
+
+    def __init__(self, out: str, rows: list[dict]):
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        path = os.path.join(out, METRICS)
+        atomic.write_bytes(path, data)  # on resume this drops lines written after the checkpoint: they come again
+        self.sha256 = hashlib.sha256(data)
+        self.file = open(path, "ab")
+
+    def append(self, row: dict) -> None:
+        line = (json.dumps(row) + "\n").encode()
+        self.file.write(line)
+        self.file.flush()
+        self.sha256.update(line)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, metrics, downs, seconds) -> None:
     history = encode(strategy.history(0, downs)) if downs else b""
-    _write_json(os.path.join(out, CHECKPOINT), dict(
+    atomic.write_sealed_json(os.path.join(out, CHECKPOINT), dict(
         config=dataclasses.asdict(cfg), task=task.name, task_options=task.options, base_sha256=base_sha,
-        step=len(downs), rows=len(rows), digest=replica.digest().hex(), seconds=seconds,
-        history=base64.b64encode(history).decode(), server=server.state_dict()))
+        step=len(downs), rows=len(rows), metrics_sha256=metrics.sha256.hexdigest(), digest=replica.digest().hex(),
+        seconds=seconds, history=base64.b64encode(history).decode(), server=server.state_dict()))
 
 
 def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, checkpoint_every: int = 20) -> dict:
@@ -101,7 +166,10 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
 
     With `out`, a checkpoint is written atomically every `checkpoint_every` steps, and calling run again
     with the same task and config resumes from it (after a crash or kill -9), ending bit-identical to an
-    uninterrupted run: everything random is hashed from (seed, step, client)."""
+    uninterrupted run: everything random is hashed from (seed, step, client). Every file a resume reads is
+    verified (the checkpoint is sealed with its sha256 and records the sha256 of the metrics lines it covers):
+    a damaged one raises zofed.atomic.DamagedFileError and the folder is left as it is. While it runs, the
+    folder is locked: a second run on it raises zofed.atomic.FolderInUseError."""
     cfg.validate()
     from tqdm import tqdm
 
@@ -114,29 +182,28 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
     parts = split_clients(task, cfg)
     byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))
     base_sha = weights_sha256(model)
-    if out and os.path.exists(os.path.join(out, ROUND_CHECKPOINT)):
-        raise ValueError(f"{out} holds a run of another strategy (it has {ROUND_CHECKPOINT}); use another --out folder")
-    resuming = bool(out) and os.path.exists(os.path.join(out, CHECKPOINT))
-    if resuming:
-        rows, history, before = _resume(out, cfg, task, replica, strategy, server, base_sha)
-        first = dict(accuracy=rows[0]["accuracy"], loss=rows[0]["test_loss"])
-    else:
-        first = task.evaluate(model)
-        rows = [dict(step=0, accuracy=first["accuracy"], test_loss=first["loss"], bytes_up=0, bytes_down=0)]
-        history, before = [], 0.0
-    t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # the folder stays locked until every output is written
+        stack.callback(replica.close)
+        if out:
+            stack.enter_context(atomic.folder_lock(out))
+        resuming = resumable(out, CHECKPOINT, ROUND_CHECKPOINT)
+        if resuming:
+            rows, history, before = _resume(out, cfg, task, replica, strategy, server, base_sha)
+            first = dict(accuracy=rows[0]["accuracy"], loss=rows[0]["test_loss"])
+            say_resuming(out, "step", server.step, cfg.steps)
+        else:
+            first = task.evaluate(model)
+            rows = [dict(step=0, accuracy=first["accuracy"], test_loss=first["loss"], bytes_up=0, bytes_down=0)]
+            history, before = [], 0.0
+        t0 = time.perf_counter()
         metrics = None
         if out:
-            os.makedirs(out, exist_ok=True)
-            path = os.path.join(out, "metrics.jsonl")
-            _write_lines(path, rows)  # on resume this drops lines written after the checkpoint: they come again
-            metrics = stack.enter_context(open(path, "a"))
+            metrics = MetricsLog(out, rows)
+            stack.callback(metrics.close)
             if not resuming:
-                _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, history, 0.0)
+                _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, metrics, history, 0.0)
         bar = stack.enter_context(tqdm(total=cfg.steps, initial=server.step, desc=f"{cfg.strategy} x{cfg.clients}",
                                        disable=not progress))
-        stack.callback(replica.close)
         while server.step < cfg.steps:
             step = server.step
             _availability(server, cfg, step)
@@ -163,30 +230,29 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
                 bar.set_postfix(acc=f"{100 * ev['accuracy']:.1f}%")
             rows.append(row)
             if metrics:
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                metrics.append(row)
                 if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps:
-                    _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, history,
+                    _checkpoint(out, cfg, task, replica, strategy, server, base_sha, rows, metrics, history,
                                 before + time.perf_counter() - t0)
             bar.update(1)
-    seconds = before + time.perf_counter() - t0
-    final_sha = weights_sha256(model)
-    summary = _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds)
-    if out:
-        config = dict(strategy=cfg.strategy, strategy_options=cfg.strategy_options(), lr=cfg.lr, eps=cfg.eps,
-                      dist=cfg.dist, run_seed=cfg.seed, steps=cfg.steps, task=task.name, task_options=task.options)
-        orbit = orbits.Orbit(config, base_sha, final_sha, strategy.history(0, history))
-        orbits.save(os.path.join(out, "orbit"), orbit)
-        summary["orbit_bytes"] = os.path.getsize(os.path.join(out, "orbit"))
-        _write_json(os.path.join(out, "summary.json"), summary)
-        from .plots import plot_run
+        seconds = before + time.perf_counter() - t0
+        final_sha = weights_sha256(model)
+        summary = _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds)
+        if out:
+            config = dict(strategy=cfg.strategy, strategy_options=cfg.strategy_options(), lr=cfg.lr, eps=cfg.eps,
+                          dist=cfg.dist, run_seed=cfg.seed, steps=cfg.steps, task=task.name, task_options=task.options)
+            orbit = orbits.Orbit(config, base_sha, final_sha, strategy.history(0, history))
+            orbits.save(os.path.join(out, "orbit"), orbit)
+            summary["orbit_bytes"] = os.path.getsize(os.path.join(out, "orbit"))
+            _write_json(os.path.join(out, "summary.json"), summary)
+            from .plots import plot_run
 
-        plot_run(rows, out, title=f"{cfg.strategy}, {cfg.clients} clients")
+            plot_run(rows, out, title=f"{cfg.strategy}, {cfg.clients} clients")
     return summary
 
 
-def _write_lines(path: str, rows: list[dict]) -> None:
-    atomic.write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+def say_resuming(out: str, unit: str, done: int, total: int) -> None:
+    print(f"resuming {out} from {unit} {done} of {total}", file=sys.stderr)
 
 
 def _availability(server: ParameterServer, cfg: SimConfig, step: int) -> None:
