@@ -26,7 +26,9 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("launch", ["noise", "update"])
-def test_every_launch_disables_fp_fusion(monkeypatch, launch):
+def test_every_launch_disables_fp_fusion_and_ftz(monkeypatch, launch):
+    """No FMA contraction, and libdevice without flush-to-zero (its floor would flush subnormals);
+    tests/test_triton_aot.py checks the PTX these options give."""
     rec = _Recorder()
     monkeypatch.setattr(tn, "_noise_kernel", rec)
     monkeypatch.setattr(tn, "_update_kernel", rec)
@@ -35,7 +37,8 @@ def test_every_launch_disables_fp_fusion(monkeypatch, launch):
     else:
         tn.update_([torch.ones(10), torch.ones(3).half(), torch.ones(2).bfloat16()], [1], [0.1], [0, 1, 2], [0, 0, 0],
                    "gaussian", "nearest")
-    assert rec.calls and all(kw["enable_fp_fusion"] is False for kw in rec.calls)
+    assert rec.calls and all(kw["enable_fp_fusion"] is False and kw["enable_reflect_ftz"] is False
+                             for kw in rec.calls)
     if launch == "update":
         assert sorted(kw["DTYPE"] for kw in rec.calls) == [0, 1, 2]  # one launch per dtype, not per tensor
 
@@ -64,6 +67,21 @@ def test_gpu_large_update_matches_cpu(dtype, rounding):
     zokernels.update_(w, seeds, coeffs, keys=9, offsets=2**32 - 7, rounding=rounding)
     zokernels.update_(g, seeds, coeffs, keys=9, offsets=2**32 - 7, rounding=rounding)
     assert torch.equal(bits(g), bits(w))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_noise_past_2_to_the_33_elements_matches_cpu():
+    """One launch over more than 2^33 elements (program ids past 2^23 at 1024 elements each), where a
+    32-bit program_id * BLOCK wrapped: its last elements, across the 2^33 boundary, must equal the
+    same elements that the CPU backend draws cheaply at an offset."""
+    n, tail = 2**33 + 4096, 8192
+    if torch.cuda.mem_get_info()[0] < 4 * n + 2**30:
+        pytest.skip("needs 33 GiB of free GPU memory")
+    z = zokernels.noise(n, 7, key=3, device="cuda")
+    got = z[-tail:].cpu()
+    del z
+    assert torch.equal(bits(got), bits(zokernels.noise(tail, 7, key=3, offset=n - tail, device="cpu")))
 
 
 @pytest.mark.gpu

@@ -2,10 +2,14 @@
 
 One program handles BLOCK_G Philox groups (4 * BLOCK_G elements) of one tensor; tensors of the same
 dtype share one launch through a table of raw addresses, so a model with hundreds of tensors costs
-one launch per dtype. Bit-exactness with the C++ and torch backends rests on three launch settings
-that a GPU needs and the interpreter has by default: no FMA contraction (enable_fp_fusion=False),
-and correctly rounded division and square root (tl.div_rn, tl.sqrt_rn) where plain `/` and
-tl.sqrt are approximate on NVIDIA GPUs. Under TRITON_INTERPRET=1 the same code runs on CPU tensors.
+one launch per dtype. Bit-exactness with the C++ and torch backends rests on settings that a GPU
+needs and the interpreter has by default: no FMA contraction (enable_fp_fusion=False), no
+flush-to-zero inside libdevice (enable_reflect_ftz=False: with it on, tl.floor in fp16 stochastic
+rounding compiles to cvt.rmi.ftz), and correctly rounded division and square root (tl.div_rn,
+tl.sqrt_rn) where plain `/` and tl.sqrt are approximate on NVIDIA GPUs. tests/test_triton_aot.py
+compiles every variant for sm_80 and sm_90 and checks the PTX for all of this. Element indices are
+int64 from the program id on (a 32-bit program_id * BLOCK wraps past 2^33 elements).
+Under TRITON_INTERPRET=1 the same code runs on CPU tensors.
 """
 
 from __future__ import annotations
@@ -189,12 +193,13 @@ def _round(s, r, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr):
 @triton.jit(do_not_specialize=["K"])
 def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.constexpr, DIST: tl.constexpr,
                    STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     t = tl.load(prog_ptr + pid)
-    row = meta_ptr + t * 6
+    row = meta_ptr + t * 7
     addr, numel, offset, key, first = tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(
         row + 4)
     src = tl.load(row + 5)  # where w is read from: addr itself, or the source of a perturbed copy
+    flag = tl.load(row + 6).to(tl.pointer_type(tl.int32))  # this tensor's non-finite flag
     g = (offset >> 2) + (pid - first) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     j = (g * 4)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :] - offset  # tensor index of each element
     mask = (j >= 0) & (j < numel)
@@ -216,6 +221,12 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
         else:
             r = tl.zeros(w.shape, tl.uint32)
         w = _round(s, r, DTYPE, STOCHASTIC)
+    # Non-finite results (exponent all ones) are detected here, on the values about to be stored, so
+    # an overflow costs no pass of its own: every tile pays a mask and a max per element and one
+    # tile-wide max (about 5 SASS instructions per element on sm_90); only a tile that holds a
+    # non-finite value issues an atomic, one for the whole tile.
+    exponent = tl.where(mask, w.to(tl.uint32, bitcast=True) & 0x7F800000, 0)
+    tl.atomic_or(flag, 1, mask=tl.max(exponent) == 0x7F800000, sem="relaxed")
     if DTYPE == 0:
         tl.store(ptr, w, mask=mask)
     elif DTYPE == 1:
@@ -229,7 +240,7 @@ def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr):
     # scalars travel as int64 in a tensor: python ints >= 2**31 would otherwise be typed per value
     numel, offset, key = tl.load(args_ptr), tl.load(args_ptr + 1), tl.load(args_ptr + 3)
     seed = tl.load(args_ptr + 2).to(tl.uint64, bitcast=True)
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     g = (offset >> 2) + pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     j = (g * 4)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :] - offset
     tl.store(out_ptr + j, _noise(seed, key, g, DIST), mask=(j >= 0) & (j < numel))
@@ -250,23 +261,31 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, block:
     grid = (_programs(out.numel(), offset, block),)
     if grid[0]:
         args = torch.tensor([out.numel(), offset, _as_i64(seed), key], dtype=torch.int64, device=out.device)
-        _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, enable_fp_fusion=False)
+        _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, enable_fp_fusion=False,
+                            enable_reflect_ftz=False)
 
 
 def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None,
-            block: int = BLOCK_G) -> None:
-    if not tensors or not seeds:
-        return
-    sources = sources or tensors
+            block: int = BLOCK_G) -> torch.Tensor:
+    """Returns one int32 per tensor on the tensors' device, nonzero where this pass wrote a non-finite
+    value. The flags are set inside the update kernel; reading them on the host waits for the kernel
+    (a device sync), so a caller that must not sync keeps them on the device."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.int32)
     device = tensors[0].device
+    flags = torch.zeros(len(tensors), dtype=torch.int32, device=device)
+    if not seeds:
+        return flags
+    sources = sources or tensors
     seeds_t = torch.tensor([_as_i64(s) for s in seeds], dtype=torch.int64, device=device)
     coeffs_t = torch.tensor(coeffs, dtype=torch.float32, device=device)
     for dtype, code in _DTYPE_CODES.items():
         rows, counts = [], []
-        for t, src, key, off in zip(tensors, sources, keys, offsets):
+        for i, (t, src, key, off) in enumerate(zip(tensors, sources, keys, offsets)):
             n = _programs(t.numel(), off, block) if t.dtype == dtype else 0
             if n:
-                rows.append([t.data_ptr(), t.numel(), off, key, sum(counts), src.data_ptr()])
+                rows.append([t.data_ptr(), t.numel(), off, key, sum(counts), src.data_ptr(),
+                             flags.data_ptr() + i * flags.element_size()])
                 counts.append(n)
         if not rows:
             continue
@@ -275,4 +294,5 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
                                        torch.tensor(counts, device=device))
         _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
                                        DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic", BLOCK=block,
-                                       enable_fp_fusion=False)
+                                       enable_fp_fusion=False, enable_reflect_ftz=False)
+    return flags

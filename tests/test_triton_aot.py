@@ -1,0 +1,234 @@
+"""The Triton kernels as an NVIDIA GPU would run them, checked on a machine without one.
+
+Every launch that `noise` and `update_` make for a portable dist (kernel x dist x dtype x rounding, with
+the launch options the launchers pass) is compiled ahead of time for sm_80 and sm_90; Triton's wheel
+ships ptxas, so this needs no GPU. The PTX must hold nothing that could change a bit between the GPU
+and the C++/torch backends (docs/noise.md):
+
+  ftz      flush-to-zero of subnormals (e.g. libdevice's floor as cvt.rmi.ftz unless ftz reflection is off)
+  fma      fused multiply-add (one rounding where the contract has two)
+  approx   approximate ops (sqrt.approx, div.full, ex2.approx, ...)
+  rounding float add/sub/mul without an explicit round-to-nearest (ptxas may contract an unrounded
+           mul + add into an FMA; a .rn operation it never contracts)
+
+and no kernel may scale tl.program_id in 32 bits (the element offset wraps past 2^33 elements).
+
+Compiling needs Triton's real JIT, and the test session runs under TRITON_INTERPRET=1, so the
+compiles run once per module in a subprocess (this file run as a script) with a fresh Triton cache:
+42 compiles, about 40 s of CPU. gaussian-fast is outside the contract (approximate by design) and is
+not compiled here; ../shared/tools/aot_check.py reports it.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+ARCHS = (80, 90)
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------------------------------ compiling
+# (runs in the subprocess: no interpreter there)
+
+
+def _recorded_launches():
+    """(kernel name, positional args, keyword args) of every launch the launchers make for a portable
+    dist, one per variant, recorded by calling them on small CPU tensors with the kernels swapped for
+    recorders."""
+    import torch
+
+    from zokernels import spec
+    from zokernels.triton import noise as tn
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((self.name, args, kw))
+
+    kernels = {name: getattr(tn, name) for name in vars(tn) if name.endswith("_kernel")}
+    for name in kernels:
+        setattr(tn, name, Recorder(name))
+    try:
+        for dist in spec.PORTABLE_DISTS:
+            tn.noise(torch.empty(8), 0, 1, 0, dist)
+            for dtype in tn._DTYPE_CODES:
+                for rounding in ("nearest", "stochastic"):
+                    tn.update_([torch.zeros(8, dtype=dtype)], [1], [0.5], [0], [0], dist, rounding)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(tn, name, kernel)
+    return kernels, launches
+
+
+def _compile(kernel, args, kw, arch):
+    """What a launch with these arguments compiles to on a GPU of this capability: pointers aligned
+    to 16 bytes (as CUDA allocations are), constexprs from the keywords that name kernel parameters,
+    and the other keywords as compile options."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import mangle_type
+
+    constexprs = {k: v for k, v in kw.items() if k in kernel.arg_names}
+    options = {k: v for k, v in kw.items() if k not in kernel.arg_names}
+    values = dict(zip(kernel.arg_names, args))
+    signature = {name: "constexpr" if name in constexprs else mangle_type(values[name]) for name in kernel.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+             if signature[name].startswith("*")}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
+                              options=options)
+    return compiled.asm
+
+
+def _target_unusable(arch):
+    """Why the installed Triton cannot compile for this target here (None when it can)."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(x_ptr):
+        tl.store(x_ptr, tl.load(x_ptr) + 1.0)
+
+    try:
+        _compile(probe, (torch.zeros(1),), {}, arch)
+    except Exception as exc:  # any failure here is the toolchain's, not the project's
+        return f"installed triton cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def _compile_all():
+    kernels, launches = _recorded_launches()
+    out = {"kernels": sorted(kernels), "variants": [], "skipped": {}}
+    for arch in ARCHS:
+        reason = _target_unusable(arch)
+        if reason:
+            out["skipped"][arch] = reason
+            continue
+        for name, args, kw in launches:
+            asm = _compile(kernels[name], args, kw, arch)
+            constexprs = {k: v for k, v in kw.items() if k in kernels[name].arg_names}
+            out["variants"].append({"kernel": name, "arch": arch, "constexprs": constexprs,
+                                    "ptx": asm["ptx"], "ttir": asm["ttir"]})
+    return out
+
+
+# --------------------------------------------------------------------------------------- checks
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    result = tmp_path_factory.mktemp("aot") / "compiled.json"
+    proc = subprocess.run([sys.executable, __file__, str(result)], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"compiling the kernels failed:\n{proc.stderr[-4000:]}"
+    out = json.loads(result.read_text())
+    if out["skipped"]:
+        pytest.skip("; ".join(out["skipped"].values()))
+    return out
+
+
+def _label(v):
+    from zokernels.triton import noise as tn
+
+    names = {code: name for name, code in tn.DIST_CODES.items()}
+    dtypes = {code: str(dtype).replace("torch.", "") for dtype, code in tn._DTYPE_CODES.items()}
+    c = v["constexprs"]
+    parts = [v["kernel"], dtypes.get(c.get("DTYPE"), ""), names[c["DIST"]],
+             {True: "stochastic", False: "nearest"}.get(c.get("STOCHASTIC"), "")]
+    return "/".join(p for p in parts if p) + f"@sm{v['arch']}"
+
+
+_FLOAT = r"(f16|f16x2|bf16|bf16x2|f32|f64)"
+_INSTRUCTION = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][\w.]*)")
+_BREAKS_BITS = {
+    "ftz": lambda op: ".ftz" in op,
+    "fma": lambda op: re.fullmatch(rf"(fma|mad)(\.\w+)*\.{_FLOAT}", op) is not None,
+    "approx": lambda op: ".approx" in op or op.startswith("div.full"),
+    "rounding": lambda op: (re.fullmatch(rf"(add|sub|mul)(\.\w+)*\.{_FLOAT}", op) is not None
+                            and ".rn." not in op),
+}
+
+
+def ptx_opcodes(ptx: str) -> list[str]:
+    """The opcode of every instruction (directives, labels, braces and comments skipped)."""
+    ops = []
+    for line in ptx.splitlines():
+        m = _INSTRUCTION.match(line.split("//")[0])
+        if m:
+            ops.append(m.group(1))
+    return ops
+
+
+def test_ptx_scan_recognizes_what_breaks_bits():
+    ptx = """
+        cvt.rmi.ftz.f32.f32 	%r1, %r2;   // libdevice floor with ftz reflection on
+        fma.rn.f32 	%r3, %r1, %r2, %r1;
+        sqrt.approx.f32 	%r4, %r3;
+        div.full.f32 	%r4, %r3, %r3;
+        add.f32 	%r5, %r4, %r3;
+        @%p1 mul.f32 	%r5, %r4, %r3;
+        add.rn.f32 	%r5, %r4, %r3;
+        mul.lo.s32 	%r6, %r7, %r8;
+        cvt.rmi.f32.f32 	%r1, %r2;
+    """
+    ops = ptx_opcodes(ptx)
+    assert {cat: sum(map(test, ops)) for cat, test in _BREAKS_BITS.items()} == {
+        "ftz": 1, "fma": 1, "approx": 2, "rounding": 2}
+
+
+def test_every_kernel_and_target_is_compiled(compiled):
+    assert compiled["kernels"] and {v["kernel"] for v in compiled["variants"]} == set(compiled["kernels"])
+    assert {v["arch"] for v in compiled["variants"]} == set(ARCHS)
+    assert all(".target sm_%d" % v["arch"] in v["ptx"] for v in compiled["variants"])
+
+
+@pytest.mark.parametrize("category", sorted(_BREAKS_BITS))
+def test_ptx_has_nothing_that_breaks_bits(compiled, category):
+    offenders = {}
+    for v in compiled["variants"]:
+        found = sorted({op for op in ptx_opcodes(v["ptx"]) if _BREAKS_BITS[category](op)})
+        if found:
+            offenders[_label(v)] = found
+    assert not offenders, f"{category} in the PTX: {offenders}"
+
+
+def test_spec_gaussian_divides_and_takes_square_roots_correctly_rounded(compiled):
+    from zokernels.triton import noise as tn
+
+    gaussian = [v for v in compiled["variants"] if v["constexprs"]["DIST"] == tn.DIST_CODES["gaussian"]]
+    assert len(gaussian) == 7 * len(ARCHS)  # noise + 3 dtypes x 2 roundings
+    for v in gaussian:
+        assert {"div.rn.f32", "sqrt.rn.f32"} <= set(ptx_opcodes(v["ptx"])), _label(v)
+
+
+def test_program_id_is_widened_to_64_bits_before_any_arithmetic(compiled):
+    """The only use of tl.program_id is its sign extension to i64: a 32-bit pid * BLOCK wraps once a
+    launch covers 2^33 elements (BLOCK groups of 4), and the noise past that point was garbage."""
+    offenders = {}
+    for v in compiled["variants"]:
+        ttir = [line.split(" loc(")[0].strip() for line in v["ttir"].splitlines()]
+        for pid in (m.group(1) for line in ttir if (m := re.match(r"(%[\w.]+) = tt\.get_program_id", line))):
+            uses = [line for line in ttir if re.search(rf"{re.escape(pid)}\b", line)
+                    and not line.startswith(f"{pid} = ")]
+            bad = [u for u in uses if not re.fullmatch(rf"%[\w.]+ = arith\.extsi {re.escape(pid)} : i32 to i64", u)]
+            if bad or not uses:
+                offenders[_label(v)] = bad or ["program id unused?"]
+    assert not offenders, offenders
+
+
+if __name__ == "__main__":
+    pathlib.Path(sys.argv[1]).write_text(json.dumps(_compile_all()))
