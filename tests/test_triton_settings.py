@@ -90,7 +90,7 @@ def test_gpu_ptx_has_no_fma_and_uses_rn_div_sqrt():
     out = torch.empty(1024, device="cuda")
     args = torch.tensor([1024, 0, 1, 0], dtype=torch.int64, device="cuda")
     compiled = tn._noise_kernel[(1,)](out, args, DIST=tn.DIST_CODES["gaussian"], BLOCK=tn.BLOCK_G,
-                                      enable_fp_fusion=False)
+                                      enable_fp_fusion=False, enable_reflect_ftz=False)
     assert torch.equal(bits(out), bits(zokernels.noise(1024, 1, backend="torch")))
     ptx = compiled.asm["ptx"]
     assert "fma.rn.f32" not in ptx
