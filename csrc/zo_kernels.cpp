@@ -1,174 +1,45 @@
-// Fused CPU loops over the noise contract (zo_noise.h) and their pybind11 bindings.
+// The pybind11 bindings of the CPU backend: argument checks, threads, and the choice of tile loops.
 //
 // Tensors arrive as raw pointers with sizes and dtype codes, so the extension needs no torch
-// headers and survives torch upgrades. Work is cut into tiles of TILE_GROUPS Philox groups aligned
-// to the global element index, spread over OpenMP threads across all tensors of a call: the
-// result is a pure function of the element index, whatever the thread count.
+// headers and survives torch upgrades. Work is cut into tiles (zo_tiles.h) aligned to the global
+// element index, spread over OpenMP threads across all tensors of a call: the result is a pure
+// function of the element index, whatever the thread count. The tile loops run in the fastest
+// instruction-set variant this CPU supports (zo_tiles.cpp, compiled once per variant).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "zo_noise.h"
+#include "zo_tiles.h"
 
 namespace py = pybind11;
 
 namespace zo {
 
-constexpr int TILE_GROUPS = 128;
-constexpr int TILE = 4 * TILE_GROUPS;
-
-// z for the TILE elements of groups g0 .. g0 + TILE_GROUPS - 1, in element order.
-static inline void noise_tile(uint64_t seed, uint32_t key, int dist, uint64_t g0, float (&z)[TILE]) {
-  uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
-  philox_block<TILE_GROUPS>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
-  if (dist == GAUSSIAN) {
-    for (int n = 0; n < TILE_GROUPS; ++n) {
-      spec_gaussian_pair(x0[n], x1[n], z[4 * n], z[4 * n + 1]);
-      spec_gaussian_pair(x2[n], x3[n], z[4 * n + 2], z[4 * n + 3]);
-    }
-  } else if (dist == RADEMACHER) {
-    for (int n = 0; n < TILE_GROUPS; ++n) {
-      z[4 * n] = spec_rademacher(x0[n]);
-      z[4 * n + 1] = spec_rademacher(x1[n]);
-      z[4 * n + 2] = spec_rademacher(x2[n]);
-      z[4 * n + 3] = spec_rademacher(x3[n]);
-    }
-  } else {
-    for (int n = 0; n < TILE_GROUPS; ++n) {
-      z[4 * n] = spec_uniform(x0[n]);
-      z[4 * n + 1] = spec_uniform(x1[n]);
-      z[4 * n + 2] = spec_uniform(x2[n]);
-      z[4 * n + 3] = spec_uniform(x3[n]);
-    }
-  }
+static int64_t tiles_of(const TensorArg &t) {
+  if (t.numel == 0) return 0;
+  uint64_t first = t.offset >> 2, last = (t.offset + (uint64_t)t.numel - 1) >> 2;
+  return (int64_t)((last - first) / TILE_GROUPS + 1);
 }
 
-static inline void rounding_bits_tile(uint64_t seed, uint32_t key, uint64_t g0, uint32_t (&r)[TILE]) {
-  uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
-  philox_block<TILE_GROUPS>(seed, key, TAG_ROUNDING, g0, x0, x1, x2, x3);
-  for (int n = 0; n < TILE_GROUPS; ++n) {
-    r[4 * n] = x0[n];
-    r[4 * n + 1] = x1[n];
-    r[4 * n + 2] = x2[n];
-    r[4 * n + 3] = x3[n];
-  }
-}
-
-struct TensorArg {
-  uintptr_t ptr;  // destination
-  uintptr_t src;  // where w is read from: ptr itself (in place) or another tensor of the same shape
-  int64_t numel;
-  uint64_t offset;  // global index of element 0 within the logical tensor
-  uint32_t key;
-  int dtype;
-  int64_t tiles() const {
-    if (numel == 0) return 0;
-    uint64_t first = offset >> 2, last = (offset + (uint64_t)numel - 1) >> 2;
-    return (int64_t)((last - first) / TILE_GROUPS + 1);
-  }
-};
-
-// The tile's first group and the tensor-index window [lo, hi) it covers, relative to its start.
-struct TileSpan {
-  uint64_t g0;
-  int64_t start, lo, hi;
-};
-
-static inline TileSpan span_of(const TensorArg &t, int64_t tile) {
-  TileSpan s;
-  s.g0 = (t.offset >> 2) + (uint64_t)tile * TILE_GROUPS;
-  s.start = (int64_t)(s.g0 * 4 - t.offset);  // tensor index of the tile's first element (< 0 on a ragged head)
-  s.lo = std::max<int64_t>(0, -s.start);
-  s.hi = std::min<int64_t>(TILE, t.numel - s.start);
-  return s;
-}
-
-// w[i] = round(w[i] + c_k * z_k[i]) for each seed in order, over the tile window [lo, hi).
-template <bool Stochastic, typename Round>
-static inline void apply_seeds(float *w, const TensorArg &t, const TileSpan &s, const uint64_t *seeds,
-                               const float *coeffs, int K, int dist, Round round) {
-  float z[TILE];
-  uint32_t r[TILE];
-  for (int k = 0; k < K; ++k) {
-    noise_tile(seeds[k], t.key, dist, s.g0, z);
-    if (Stochastic) rounding_bits_tile(seeds[k], t.key, s.g0, r);
-    const float c = coeffs[k];
-    for (int64_t i = s.lo; i < s.hi; ++i) w[i] = round(w[i] + c * z[i], Stochastic ? r[i] : 0u);
-  }
-}
-
-// 16-bit formats: widen the tile to float32 once, apply all K seeds rounding after each, narrow once.
-template <typename Widen, typename Narrow, typename NarrowSR>
-static inline void update_tile_16(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const float *coeffs,
-                                  int K, int dist, bool stochastic, Widen widen, Narrow narrow, NarrowSR narrow_sr) {
-  uint16_t *p = reinterpret_cast<uint16_t *>(t.ptr) + s.start;
-  const uint16_t *q = reinterpret_cast<const uint16_t *>(t.src) + s.start;
-  float w[TILE];
-  for (int64_t i = s.lo; i < s.hi; ++i) w[i] = widen(q[i]);
-  if (stochastic)
-    apply_seeds<true>(w, t, s, seeds, coeffs, K, dist, [&](float v, uint32_t r) { return widen(narrow_sr(v, r)); });
-  else
-    apply_seeds<false>(w, t, s, seeds, coeffs, K, dist, [&](float v, uint32_t) { return widen(narrow(v)); });
-  for (int64_t i = s.lo; i < s.hi; ++i) p[i] = narrow(w[i]);  // exact: w holds representable values
-}
-
-// Ask for the tile's parameters before generating its noise, so the memory traffic overlaps the
-// Philox arithmetic instead of following it (worth ~15% on a 2-core machine).
-static inline void prefetch_tile(const TensorArg &t, const TileSpan &s) {
-  const int64_t bytes = t.dtype == F32 ? 4 : 2;
-  const char *base = reinterpret_cast<const char *>(t.src) + (s.start + s.lo) * bytes;
-  const int64_t n = (s.hi - s.lo) * bytes;
-  for (int64_t off = 0; off < n; off += 64) __builtin_prefetch(base + off, 1, 3);
-}
-
-static void update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, const float *coeffs, int K, int dist,
-                        int rounding) {
-  const TileSpan s = span_of(t, tile);
-  prefetch_tile(t, s);
-  const bool sr = rounding == STOCHASTIC;
-  if (t.dtype == F32) {
-    // float32 parameters have no rounding step: update them where they lie (after copying the tile
-    // from its source, which stays in L1: still one pass over memory)
-    float *p = reinterpret_cast<float *>(t.ptr) + s.start;
-    if (t.src != t.ptr) {
-      const float *q = reinterpret_cast<const float *>(t.src) + s.start;
-      for (int64_t i = s.lo; i < s.hi; ++i) p[i] = q[i];
-    }
-    apply_seeds<false>(p, t, s, seeds, coeffs, K, dist, [](float v, uint32_t) { return v; });
-  } else if (t.dtype == BF16) {
-    update_tile_16(
-        t, s, seeds, coeffs, K, dist, sr, [](uint16_t h) { return bf16_to_f32(h); },
-        [](float v) { return f32_to_bf16(v); }, [](float v, uint32_t r) { return f32_to_bf16_sr(v, r); });
-  } else {
-    update_tile_16(
-        t, s, seeds, coeffs, K, dist, sr, [](uint16_t h) { return f16_to_f32(h); },
-        [](float v) { return f32_to_f16(v); }, [](float v, uint32_t r) { return f32_to_f16_sr(v, r); });
-  }
-}
-
-static void noise_tile_into(const TensorArg &t, int64_t tile, uint64_t seed, int dist) {
-  const TileSpan s = span_of(t, tile);
-  float z[TILE];
-  noise_tile(seed, t.key, dist, s.g0, z);
-  float *p = reinterpret_cast<float *>(t.ptr) + s.start;
-  for (int64_t i = s.lo; i < s.hi; ++i) p[i] = z[i];
-}
-
-// Runs fn(tensor, tile) over every tile of every tensor, spread over `threads` OpenMP threads.
+// Runs fn(tensor index, tile) over every tile of every tensor, spread over `threads` OpenMP threads.
 template <typename Fn>
 static void for_each_tile(const std::vector<TensorArg> &ts, int threads, Fn fn) {
   std::vector<int64_t> ends(ts.size());
   int64_t total = 0;
-  for (size_t i = 0; i < ts.size(); ++i) ends[i] = total += ts[i].tiles();
+  for (size_t i = 0; i < ts.size(); ++i) ends[i] = total += tiles_of(ts[i]);
   if (total == 0) return;
   if (threads < 1) threads = 1;
   if (total < 4) threads = 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t gt = 0; gt < total; ++gt) {
     size_t i = std::upper_bound(ends.begin(), ends.end(), gt) - ends.begin();
-    fn(ts[i], gt - (i ? ends[i - 1] : 0));
+    fn(i, gt - (i ? ends[i - 1] : 0));
   }
 }
 
@@ -192,10 +63,67 @@ static void check_dist(int dist) {
   if (dist < GAUSSIAN || dist > UNIFORM) throw std::invalid_argument("zokernels._C: unknown dist code");
 }
 
+// ---- run-time choice of the tile loops' instruction set
+
+struct Variant {
+  const TileKernels *tiles;
+  bool (*cpu_has)();  // the features setup.py compiles the variant for
+};
+
+// Fastest first.
+static const Variant VARIANTS[] = {
+#if defined(ZO_X86_VARIANTS)
+    {&tiles_avx512,
+     [] {
+       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+              __builtin_cpu_supports("avx512cd");
+     }},
+    {&tiles_avx2, [] { return (bool)__builtin_cpu_supports("avx2"); }},
+#endif
+    {&tiles_baseline, [] { return true; }},
+};
+
+static std::atomic<const TileKernels *> active{nullptr};
+
+static std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (const Variant &v : VARIANTS)
+    if (v.cpu_has()) names.push_back(v.tiles->isa);
+  return names;
+}
+
+static std::string all_isas() {
+  std::string s;
+  for (const Variant &v : VARIANTS) s += std::string(s.empty() ? "" : ", ") + v.tiles->isa;
+  return s;
+}
+
+// An empty name picks the fastest variant this CPU supports.
+static void use_isa(const std::string &name, const char *what) {
+#if defined(ZO_X86_VARIANTS)
+  __builtin_cpu_init();
+#endif
+  for (const Variant &v : VARIANTS) {
+    if (!name.empty() && name != v.tiles->isa) continue;
+    if (v.cpu_has()) {
+      active = v.tiles;
+      return;
+    }
+    if (!name.empty())
+      throw std::invalid_argument(std::string(what) + "'" + name +
+                                  "': this CPU lacks the instructions that variant needs");
+  }
+  throw std::invalid_argument(std::string(what) + "'" + name + "' is not a variant of this build; choose one of " +
+                              all_isas() + " (or leave it unset for the fastest the CPU supports)");
+}
+
 }  // namespace zo
 
 PYBIND11_MODULE(_C, m) {
   using namespace zo;
+  const char *forced = std::getenv("ZOKERNELS_CPU_ISA");
+  use_isa(forced ? forced : "", "ZOKERNELS_CPU_ISA=");  // an exception here fails the import, saying why
   m.doc() = "zokernels C++ CPU backend: fused Philox noise loops (see docs/noise.md)";
   m.def(
       "update",
@@ -205,26 +133,41 @@ PYBIND11_MODULE(_C, m) {
         check_dist(dist);
         if (seeds.size() != coeffs.size()) throw std::invalid_argument("zokernels._C: seeds and coeffs differ in length");
         auto ts = tensor_args(ptrs, numels, offsets, keys, dtypes, srcs);
+        std::vector<int> non_finite(ts.size(), 0);
         const int K = (int)seeds.size();
-        if (K == 0 && srcs.empty()) return;
-        for_each_tile(ts, threads, [&](const TensorArg &t, int64_t tile) {
-          update_tile(t, tile, seeds.data(), coeffs.data(), K, dist, rounding);
+        if (K == 0 && srcs.empty()) return non_finite;
+        const TileKernels *tiles = active;
+        for_each_tile(ts, threads, [&](size_t i, int64_t tile) {
+          if (tiles->update_tile(ts[i], tile, seeds.data(), coeffs.data(), K, dist, rounding)) {
+#pragma omp atomic write
+            non_finite[i] = 1;
+          }
         });
+        return non_finite;
       },
       py::arg("ptrs"), py::arg("numels"), py::arg("offsets"), py::arg("keys"), py::arg("dtypes"), py::arg("seeds"),
       py::arg("coeffs"), py::arg("dist"), py::arg("rounding"), py::arg("threads"),
       py::arg("srcs") = std::vector<uintptr_t>{}, py::call_guard<py::gil_scoped_release>(),
       "w = round(w + coeffs[k] * z(seeds[k])) for k in order, one pass over memory; w is read from srcs[i]\n"
-      "when given (a perturbed copy) and written to ptrs[i].");
+      "when given (a perturbed copy) and written to ptrs[i]. Returns one int per tensor: 1 where the\n"
+      "tensor now holds an inf or NaN (checked on each tile as it is written), else 0.");
   m.def(
       "noise",
       [](uintptr_t out, int64_t numel, uint64_t offset, uint64_t seed, uint32_t key, int dist, int threads) {
         check_dist(dist);
         auto ts = tensor_args({out}, {numel}, {offset}, {key}, {F32});
-        for_each_tile(ts, threads, [&](const TensorArg &t, int64_t tile) { noise_tile_into(t, tile, seed, dist); });
+        const TileKernels *tiles = active;
+        for_each_tile(ts, threads, [&](size_t i, int64_t tile) { tiles->noise_tile(ts[i], tile, seed, dist); });
       },
       py::arg("out"), py::arg("numel"), py::arg("offset"), py::arg("seed"), py::arg("key"), py::arg("dist"),
       py::arg("threads"), py::call_guard<py::gil_scoped_release>(), "Writes float32 z for elements offset.. into out.");
+  m.def(
+      "isa", []() { return std::string(active.load()->isa); },
+      "The instruction set of the tile loops in use: baseline, avx2 or avx512.");
+  m.def("isas", &supported_isas, "The variants this build has and this CPU can run, fastest first.");
+  m.def(
+      "set_isa", [](const std::string &name) { use_isa(name, "set_isa: "); }, py::arg("name"),
+      "Use the named variant from now on (all give the same bits; for tests and benchmarks).");
   m.def(
       "philox",
       [](uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3) {

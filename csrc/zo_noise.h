@@ -50,11 +50,15 @@ static inline void philox_round(uint32_t &x0, uint32_t &x1, uint32_t &x2, uint32
 #if defined(__AVX512F__)
 // High and low halves of 16 products a * m (m broadcast), from even- and odd-lane 32x32->64 multiplies;
 // compilers otherwise widen to 64-bit lanes and use the slow vpmullq.
+// The zero-masking forms with an all-ones mask compile to the plain instructions. The unmasked
+// intrinsics start from _mm512_undefined_epi32(), a self-initialized variable that GCC 12 reports
+// as used uninitialized wherever they are inlined.
 static inline void mulhilo16(__m512i a, __m512i m, __m512i &hi, __m512i &lo) {
-  __m512i even = _mm512_mul_epu32(a, m);
-  __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  const __mmask8 all = 0xFF;
+  __m512i even = _mm512_maskz_mul_epu32(all, a, m);
+  __m512i odd = _mm512_maskz_mul_epu32(all, _mm512_maskz_srli_epi64(all, a, 32), m);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_maskz_srli_epi64(all, even, 32), odd);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_maskz_slli_epi64(all, odd, 32));
 }
 #endif
 

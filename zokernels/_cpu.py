@@ -1,5 +1,8 @@
 """The C++ CPU backend (zokernels._C): raw pointers in, OpenMP loops, the GIL released.
 
+Its hot loops exist once per instruction set (baseline, AVX2, AVX-512 on x86-64); the fastest this CPU
+supports is chosen at import, or the one ZOKERNELS_CPU_ISA names. `_C.isa()` says which runs.
+
 The extension is optional at import time: if it failed to build or load, `import zokernels` still
 works and only a call that needs it raises, saying why and how to fix it.
 """
@@ -29,8 +32,7 @@ def require():
         raise RuntimeError(
             "zokernels' C++ CPU backend (zokernels._C) is not available: "
             f"{type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR}. Build it with `make build` (or "
-            "`pip install --no-build-isolation -e .`; set ZOKERNELS_PORTABLE=1 if the CPU that runs it differs "
-            "from the one that builds it), or pass backend='torch' to use the pure-torch reference."
+            "`pip install --no-build-isolation -e .`), or pass backend='torch' to use the pure-torch reference."
         )
     return _C
 

@@ -1,0 +1,41 @@
+// What the bindings (zo_kernels.cpp) and the tile loops (zo_tiles.cpp) share.
+//
+// zo_tiles.cpp is compiled once per instruction set (setup.py: baseline, and on x86-64 also AVX2 and
+// AVX-512), each copy defining one TileKernels table; the bindings pick a table at import by what the
+// CPU supports. Only plain data and these tables cross between the copies: an inline function with
+// external linkage (a std:: template, a member function) instantiated in the AVX-512 copy could be
+// the one the linker keeps for every caller, and the baseline path would then die on an older CPU.
+#pragma once
+#include <cstdint>
+
+namespace zo {
+
+// Work is cut into tiles of TILE_GROUPS Philox groups aligned to the global element index.
+constexpr int TILE_GROUPS = 128;
+constexpr int TILE = 4 * TILE_GROUPS;
+
+struct TensorArg {
+  uintptr_t ptr;  // destination
+  uintptr_t src;  // where w is read from: ptr itself (in place) or another tensor of the same shape
+  int64_t numel;
+  uint64_t offset;  // global index of element 0 within the logical tensor
+  uint32_t key;
+  int dtype;
+};
+
+struct TileKernels {
+  const char *isa;
+  // w = round(w + coeffs[k] * z(seeds[k])) for k in order over one tile of t; returns nonzero when the
+  // tile's elements hold an inf or NaN afterwards.
+  uint32_t (*update_tile)(const TensorArg &t, int64_t tile, const uint64_t *seeds, const float *coeffs, int K,
+                          int dist, int rounding);
+  // float32 z of one tile of t (t.dtype is F32).
+  void (*noise_tile)(const TensorArg &t, int64_t tile, uint64_t seed, int dist);
+};
+
+extern const TileKernels tiles_baseline;
+#if defined(ZO_X86_VARIANTS)
+extern const TileKernels tiles_avx2, tiles_avx512;
+#endif
+
+}  // namespace zo
