@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -137,3 +138,90 @@ def test_fedmezo_seed_replay_run_on_vader_replays_from_its_orbit(tmp_path):
         assert c["up"]["payload_bits"] == 2 * 5 * 96 and c["down"]["payload_bits"] == 2 * 25 * 96
     replay = _zofed("orbit", "replay", str(out / "orbit"), "--out", str(tmp_path / "w.safetensors"))
     assert replay.stdout.strip() == s["model_sha256"] != s["base_sha256"]
+
+
+# `zofed` on the toy task: the same main() as the console script, in a child process that registers "toy"
+TOY_ZOFED = "import sys; sys.path.insert(0, {tests!r}); import fedtoy; from zofed.cli import main; sys.exit(main())"
+TOY_RUN = ("run", "--task", "toy", "--clients", "3", "--lr", "0.05", "--eval-every", "50", "--no-progress")
+
+
+def _toy_zofed(*args, **kw):
+    code = TOY_ZOFED.format(tests=str(pathlib.Path(__file__).parent))
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def _one_error_line(proc, match, rc=2):
+    out, err = proc.communicate(timeout=600)
+    lines = err.strip().splitlines()
+    assert proc.returncode == rc and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("zofed: ") and match in lines[0], err
+    return out
+
+
+def _run_help() -> dict:
+    """flag -> its help text and the choices argparse lists"""
+    from zofed.cli import _parser
+
+    run = _parser()._subparsers._group_actions[0].choices["run"]
+    return {a.option_strings[0]: f"{a.help} {a.choices or ''}" for a in run._actions}
+
+
+def test_run_help_describes_every_flag_with_its_default_and_choices():
+    helps = _run_help()
+    for flag, text in helps.items():
+        assert text != "None ", f"{flag} has no help"
+    for flag in set(helps) - {"-h", "--config", "--no-progress", "--out"}:
+        assert "default: " in helps[flag], (flag, helps[flag])
+    for flag, choices in {"--dist": ("gaussian", "rademacher", "uniform"), "--convention": ("per-class", "per-client"),
+                          "--aggregator": ("mean", "median", "trimmed-mean"), "--pool-sampling": ("uniform",),
+                          "--encoding": ("seeds", "dense"), "--signal": ("round-loss", "update"),
+                          "--server-opt": ("fedavg", "fedadam"), "--strategy": ("feedsign", "zowarmup")}.items():
+        assert all(c in helps[flag] for c in choices), (flag, helps[flag])
+    # the text is the config's own documentation of the field (zofed/configs.py), not a copy
+    assert "examples per client per step" in helps["--batch"]
+    assert "the last `byzantine` clients attack" in helps["--byzantine"]
+    assert "only fedmezo" in helps["--local-steps"] and "only zowarmup" in helps["--tau"]
+    assert "default: 5, zowarmup: 50" in helps["--clients"]
+
+
+def test_expected_errors_are_one_line_without_traceback(tmp_path):
+    import fedtoy  # noqa: F401
+    from zofed import atomic, sim, tasks
+
+    proc = _toy_zofed(*TOY_RUN, "--strategy", "zo-fedsgd", "--steps", "5", "--lr", "3e38", "--out", str(tmp_path / "a"))
+    _one_error_line(proc, "non-finite loss")
+    out = tmp_path / "b"
+    sim.run(tasks.build("toy"), sim.SimConfig(clients=3, steps=4, lr=0.05, eval_every=50), out=str(out), progress=False)
+    good = (out / sim.CHECKPOINT).read_bytes()
+    (out / sim.CHECKPOINT).write_bytes(good[:100] + bytes([good[100] ^ 4]) + good[101:])
+    _one_error_line(_toy_zofed(*TOY_RUN, "--steps", "4", "--out", str(out)), "checkpoint.json is damaged")
+    (out / sim.CHECKPOINT).write_bytes(good)
+    with atomic.folder_lock(str(out)):  # as a run in another process holds it
+        _one_error_line(_toy_zofed(*TOY_RUN, "--steps", "4", "--out", str(out)), "in use by another zofed run")
+
+
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
+    import fedtoy  # noqa: F401
+    from zofed import atomic, sim, tasks
+
+    whole = sim.run(tasks.build("toy"), sim.SimConfig(clients=3, steps=100, lr=0.05, eval_every=50),
+                    out=str(tmp_path / "whole"), progress=False)
+    out = tmp_path / "run"
+    args = (*TOY_RUN, "--steps", "100", "--out", str(out))
+    proc = _toy_zofed(*args)
+    while True:  # wait for the first checkpoint after step 0
+        try:
+            if atomic.read_sealed_json(str(out / sim.CHECKPOINT))["step"] > 0:
+                break
+        except (OSError, atomic.DamagedFileError):
+            pass
+        assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _one_error_line(proc, "interrupted", rc=130)
+    step = atomic.read_sealed_json(str(out / sim.CHECKPOINT))["step"]
+    assert 0 < step < 100, "the run finished before it could be interrupted"
+    proc = _toy_zofed(*args)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and f"resuming {out} from step {step} of 100" in stderr, stderr
+    assert whole["model_sha256"] in stdout

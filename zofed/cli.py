@@ -10,9 +10,14 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import io
 import json
+import re
 import sys
+import tokenize
 
 from . import strategies
 from .configs import FedMeZOConfig, SimConfig, ZOWarmUpConfig
@@ -23,35 +28,64 @@ ROUND_CONFIGS = {"fedmezo": FedMeZOConfig, "zowarmup": ZOWarmUpConfig}
 STRATEGY_NAMES = sorted(strategies.STRATEGIES) + sorted(ROUND_CONFIGS)
 # options of `zofed run` that are not config fields, with their defaults (None: the task's or strategy's own)
 RUN_OPTIONS = dict(task=None, model=None, lora_rank=None, threads=None, out=None)
-HELP = dict(
-    strategy="", steps="steps of a step strategy", rounds="FedMeZO rounds", lr="step size", eps="perturbation scale",
-    batch="examples per client per step", byzantine="attacking clients (the last ones)",
-    byzantine_scale="a random projection is uniform in [-scale, scale]", dirichlet="label-skew beta",
-    participation="fraction of the eligible clients sampled per round", dropout="probability a client is offline",
-    quorum="replies that close a round", deadline="seconds after which a round closes",
-    local_steps="FedMeZO: MeZO steps per client per round (H)", encoding="FedMeZO: dense weights or seed replay",
-    alpha="FedMeZO: personalization strength", signal="FedMeZO: heterogeneity signal",
-    high_fraction="ZOWarmUp: high-resource share of the clients", warmup_rounds="ZOWarmUp: first-order rounds (N)",
-    zo_rounds="ZOWarmUp: zeroth-order rounds (M)", fo_lr="ZOWarmUp: client SGD step", zo_lr="ZOWarmUp: ZO step",
-    server_lr="ZOWarmUp: server step", perturbations="ZOWarmUp: seeds per client per round (S)",
-    tau="ZOWarmUp: Rademacher scale", high_res_only="ZOWarmUp: the High-Res-Only baseline",
-    task="vader, digits (default: digits for zowarmup, else vader)", model="vader: the pretrained model",
-    lora_rank="vader: LoRA rank (0: no adapters)", threads="torch CPU threads",
-    out="output folder (required, here or in the config)")
+RUN_HELP = dict(task="vader or digits (default: digits for zowarmup, else vader)",
+                model="vader: the pretrained model (default: the task's)",
+                lora_rank="vader: LoRA rank, 0 for no adapters (default: the task's)",
+                threads="torch CPU threads (default: torch's)", out="the run folder (required, here or in the config)")
+# the configs whose fields are flags, and the strategies that take each one's fields
+CONFIGS = {SimConfig: "the step strategies", **{cls: name for name, cls in ROUND_CONFIGS.items()}}
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+def _field_docs(cls) -> dict:
+    """name -> the comment on the line that declares the field in cls's source (zofed/configs.py): the one
+    place a config field is documented, for `zofed run --help` as for a reader of the code."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # installed without sources: help without the descriptions
+        return {}
+    docs = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        declared = re.match(r"\s*(\w+)\s*:", tok.line)
+        if tok.type == tokenize.COMMENT and declared and declared.group(1) in names:
+            docs.setdefault(declared.group(1), tok.string.lstrip("#").strip())
+    return docs
+
+
+def _choices(cls, name: str) -> tuple:
+    """The values cls.validate() accepts for the str field `name`, read from its refusal of a value none takes
+    ("config field 'dist' must be one of ('gaussian', ...), got ..."): validate() stays the one list."""
+    try:
+        cls(**{name: "\0"}).validate()
+    except ValueError as exc:
+        found = re.search(r"must be one of (\(.*?\)), got", str(exc))
+        if found:
+            return ast.literal_eval(found.group(1))
+    return ()
+
+
 def _fields() -> dict:
-    """name -> (type, default shown) over every config, first definition wins for the type."""
-    out = {}
-    for cls in (SimConfig, FedMeZOConfig, ZOWarmUpConfig):
+    """name -> (type, help) for every config field of every strategy; the help says what the field is (its
+    first config's documentation), its choices, its default and, unless every strategy takes it, which do."""
+    owners = {}
+    for cls in CONFIGS:
         for f in dataclasses.fields(cls):
-            kind = f.type.split(" |")[0]
-            shown = "the strategy's" if f.name == "lr" else "iid" if f.name == "dirichlet" and f.default is None \
-                else f.default
-            if f.name in out and out[f.name][1] != shown:
-                shown = "per strategy"
-            out[f.name] = (out.get(f.name, (kind,))[0], shown)
+            owners.setdefault(f.name, []).append((cls, f))
+    out = {}
+    for name, taken in owners.items():
+        kind = taken[0][1].type.split(" |")[0]
+        doc = next((d for cls, _ in taken if (d := _field_docs(cls).get(name))), "")
+        choices = [] if name == "strategy" else \
+            list(dict.fromkeys(c for cls, _ in taken if kind == "str" for c in _choices(cls, name)))  # argparse's
+        defaults = [("the strategy's" if name == "lr" else "iid" if name == "dirichlet" and f.default is None
+                     else f.default, cls) for cls, f in taken]
+        shown = f"default: {defaults[0][0]}" + "".join(f", {CONFIGS[cls]}: {d}" for d, cls in defaults[1:]
+                                                         if d != defaults[0][0])
+        notes = ([f"one of {', '.join(choices)}"] if choices else []) + [shown]
+        if len(taken) < len(CONFIGS) and name != "strategy":
+            notes.append("only " + " and ".join(CONFIGS[cls] for cls, _ in taken))
+        out[name] = (kind, f"{doc} ({'; '.join(notes)})".strip())
     return out
 
 
@@ -61,21 +95,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="simulate a federated run and write metrics, orbit, summary and plots",
                        description="Flags override the --config file, which overrides the defaults. Run again "
-                       "with the same options to resume an interrupted run.")
+                       "with the same options to resume an interrupted run. The step strategies ("
+                       f"{', '.join(sorted(strategies.STRATEGIES))}) and the round-based ones "
+                       f"({', '.join(ROUND_CONFIGS)}) take their own fields.")
     r.add_argument("--config", help="a TOML file of these options (keys as here, - or _)")
-    fields = _fields()
-    for name, (kind, shown) in list(fields.items()) + [(k, ("int" if k in ("lora_rank", "threads") else "str", v))
-                                                         for k, v in RUN_OPTIONS.items()]:
+    for name, (kind, text) in list(_fields().items()) + [
+            (k, ("int" if k in ("lora_rank", "threads") else "str", RUN_HELP[k])) for k in RUN_OPTIONS]:
         kw = dict(action=argparse.BooleanOptionalAction) if kind == "bool" else dict(type=_TYPES[kind])
         if name == "strategy":
             kw["choices"] = STRATEGY_NAMES
         # only given flags land in the namespace, so a config file can fill the rest
-        r.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                       help=f"{HELP.get(name, '')} (default: {shown})".strip(), **kw)
-    r.add_argument("--no-progress", action="store_true")
-    pl = sub.add_parser("plot", help="overlay runs: held-out accuracy vs step and vs bytes up per client")
+        r.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text, **kw)
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pl = sub.add_parser("plot", help="overlay runs: held-out accuracy vs step and vs bytes up per client",
+                        description="One curve per run folder, labelled by the folder or by --label.")
     pl.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl and summary.json)")
-    pl.add_argument("--out", required=True, help="the PNG file to write")
+    pl.add_argument("--out", required=True, help="the file to write: .png, .pdf or .svg")
+    pl.add_argument("--label", action="append", dest="labels",
+                    help="the legend entry of a run (once per run, in the order of the folders; default: the folder)")
     o = sub.add_parser("orbit", help="inspect or replay an orbit file")
     osub = o.add_subparsers(dest="orbit_command", required=True)
     i = osub.add_parser("info", help="print an orbit's header as JSON")
@@ -197,15 +234,22 @@ def main(argv=None) -> int:
         elif args.command == "plot":
             from .plots import plot_runs
 
-            print(plot_runs(args.runs, args.out))
+            print(plot_runs(args.runs, args.out, args.labels))
         elif args.orbit_command == "info":
             from . import orbit
 
             print(json.dumps(orbit.info(orbit.load(args.orbit)), indent=1))
         else:
             _replay(args)
-    except (OrbitError, ValueError, OSError, RuntimeError) as exc:
-        print(f"zofed: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints are written atomically, so the last one stands
+        resumes = "; the same command resumes the run from its last checkpoint" if args.command == "run" else ""
+        print(f"zofed: interrupted{resumes}", file=sys.stderr)
+        return 130
+    except ImportError as exc:
+        print(f"zofed: error: {exc}; `pip install zokernels[fed]` installs what zofed needs", file=sys.stderr)
+        return 2
+    except (OrbitError, ValueError, OSError, RuntimeError, ArithmeticError) as exc:  # bad input, damaged or
+        print("zofed: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # locked files, diverged runs
         return 2
     return 0
 

@@ -1,4 +1,4 @@
-"""PNG plots of a run's metrics: loss and held-out accuracy vs step, accuracy vs bytes sent per client."""
+"""Plots of runs' metrics: loss and held-out accuracy vs step, accuracy vs bytes sent per client."""
 
 from __future__ import annotations
 
@@ -17,10 +17,20 @@ def _pyplot():
     return plt
 
 
+FORMATS = ("png", "pdf", "svg")  # what `zofed plot --out` writes, chosen by the file's extension
+
+
+def _format(path: str) -> str:
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"cannot tell the plot format of {path}: name it .png, .pdf or .svg")
+    return ext
+
+
 def _save(fig, path: str) -> None:
-    """Atomically, so a kill never leaves a torn PNG."""
+    """Atomically, so a kill never leaves a torn file."""
     tmp = f"{path}.tmp"
-    fig.savefig(tmp, dpi=100, format="png")
+    fig.savefig(tmp, dpi=100, format=_format(path))
     os.replace(tmp, path)
 
 
@@ -51,36 +61,37 @@ def plot_run(rows: list[dict], out: str, title: str = "") -> list[str]:
     return paths
 
 
-def _label(summary: dict) -> str:
-    c = summary["config"]
-    name = c["strategy"]
-    if name == "zo-fedsgd" and c["aggregator"] != "mean":
-        name += f" ({c['aggregator']})"
-    elif name == "zowarmup":
-        high = round(100 * c["high_fraction"])
-        name = ("high-res-only" if c["high_res_only"] else "zowarmup") + f" {high}/{100 - high}"
-    elif name == "fedmezo":
-        name += f" ({c['encoding']})"
-    parts = [name, f"K={c['clients']}"]
-    if c["dirichlet"] is not None:
-        parts.append(f"Dir({c['dirichlet']})")
-    if c.get("byzantine"):
-        parts.append(f"{c['byzantine']} Byzantine")
-    return ", ".join(parts)
-
-
-def plot_runs(folders: list[str], path: str) -> str:
-    """Overlay runs (folders written by `zofed run`): held-out accuracy vs step and vs bytes up per client."""
+def read_runs(folders: list[str], labels: list[str] | None = None) -> dict[str, list[dict]]:
+    """label -> the held-out evaluations (metrics.jsonl rows with an accuracy) of each run folder, in the order
+    given; a run is labelled by its folder unless `labels` names each run. Never merges or drops a run."""
+    folders = [os.path.normpath(f) for f in folders]
+    for f in folders:
+        if folders.count(f) > 1:
+            raise ValueError(f"{f} is given twice")
+    if labels is None:
+        labels = folders
+    elif len(labels) != len(folders):
+        raise ValueError(f"{len(folders)} runs but {len(labels)} --label: give one label per run, in order")
+    for label in labels:
+        if labels.count(label) > 1:
+            raise ValueError(f"two runs are labelled {label!r}: each curve needs its own label")
     curves = {}
-    for folder in folders:
+    for label, folder in zip(labels, folders):
         try:
-            with open(os.path.join(folder, "metrics.jsonl")) as f:
-                evals = [r for r in map(json.loads, f) if "accuracy" in r]
             with open(os.path.join(folder, "summary.json")) as f:
-                curves[_label(json.load(f))] = evals
-        except (OSError, ValueError, KeyError) as exc:
+                json.load(f)  # only a finished run has one
+            with open(os.path.join(folder, "metrics.jsonl")) as f:
+                curves[label] = [r for r in map(json.loads, f) if "accuracy" in r]
+        except (OSError, ValueError) as exc:
             raise ValueError(f"{folder} is not a finished zofed run folder: {exc}") from None
-    return plot_curves(curves, path)
+    return curves
+
+
+def plot_runs(folders: list[str], path: str, labels: list[str] | None = None) -> str:
+    """Overlay runs (folders written by `zofed run`): held-out accuracy vs step and vs bytes up per client, one
+    curve per folder (see read_runs); the format follows path's extension (FORMATS)."""
+    _format(path)  # refuse a name we cannot honour before any work
+    return plot_curves(read_runs(folders, labels), path)
 
 
 def plot_curves(curves: dict[str, list[dict]], path: str) -> str:
