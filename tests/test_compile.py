@@ -1,5 +1,6 @@
 """The ops are torch.library custom ops with fake implementations: torch.compile traces them whole."""
 
+import pytest
 import torch
 
 import zokernels
@@ -29,3 +30,13 @@ def test_compiled_noise_matches_eager():
 def test_ops_are_registered_with_schemas():
     assert "Tensor(a0!)[] tensors" in str(torch.ops.zokernels.update_.default._schema)
     assert torch.ops.zokernels.noise.default._schema.returns[0].type.kind() == "TensorType"
+
+
+def test_compiled_update_raises_non_finite_error():
+    """The check runs inside the op, so a compiled graph raises the same error as eager code."""
+    compiled = torch.compile(lambda ws: zokernels.perturb_(ws, 1, 1e5, keys=[0, 1]), fullgraph=True,
+                             backend="aot_eager")
+    ws = [torch.ones(3), torch.full((700,), 60000.0, dtype=torch.float16)]
+    with pytest.raises(zokernels.NonFiniteError, match=r"tensors\[1\] \(700,\) torch.float16") as info:
+        compiled(ws)
+    assert info.value.indices == [1]

@@ -11,7 +11,7 @@ server) can use them; the ops and optimizers load torch on first use.
 from .spec import SPEC_VERSION
 
 _LAZY = {
-    "backends": "ops", "noise": "ops", "perturb_": "ops", "update_": "ops",
+    "backends": "ops", "noise": "ops", "perturb_": "ops", "update_": "ops", "NonFiniteError": "ops",
     "ZOSGD": "optim", "ZOAdam": "optim", "param_key": "optim", "zo_param_groups": "optim",
 }
 

@@ -41,8 +41,9 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str) -> Non
     require().noise(out.data_ptr(), out.numel(), offset, seed, key, DIST_CODES[dist], torch.get_num_threads())
 
 
-def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None) -> None:
-    require().update(
+def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None) -> list[int]:
+    """Returns one int per tensor, nonzero where the tensor holds an inf or NaN after the pass."""
+    return require().update(
         [t.data_ptr() for t in tensors],
         [t.numel() for t in tensors],
         list(offsets),

@@ -1,7 +1,9 @@
 """Public ops: argument checks, backend choice, and torch.library registration.
 
 Backends share one interface, `noise(out, offset, seed, key, dist)` and
-`update_(tensors, seeds, coeffs, keys, offsets, dist, rounding)`:
+`update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources=None) -> flags`, where flags holds
+one integer per tensor (a list, or a 1-D tensor on the device), nonzero where the tensor holds an inf or
+NaN after the pass; each backend finds that inside its own pass over the tensor:
   "cpu"    the C++ extension (CPU tensors),
   "triton" the Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1),
   "torch"  the pure-torch reference (any device).
@@ -22,6 +24,17 @@ from . import _cpu, reference, spec
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = ("cpu", "torch", "triton")
+# float32(c) is inf from here on: the midpoint between FLT_MAX and 2**128 rounds to even, which is up.
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+class NonFiniteError(FloatingPointError):
+    """An update pass left inf or NaN in some tensors. The pass was applied (the kernels find this inside
+    their single pass, too late to undo it); `indices` are the positions of those tensors in the call."""
+
+    def __init__(self, message: str, indices: Sequence[int]):
+        super().__init__(message)
+        self.indices = list(indices)
 
 
 # ---------------------------------------------------------------- backends
@@ -34,8 +47,8 @@ class _TorchBackend:
 
     @staticmethod
     def update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources=None):
-        for i, (t, key, off) in enumerate(zip(tensors, keys, offsets)):
-            reference.update_(t, seeds, coeffs, key, off, dist, rounding, sources[i] if sources else None)
+        return [int(reference.update_(t, seeds, coeffs, key, off, dist, rounding, sources[i] if sources else None))
+                for i, (t, key, off) in enumerate(zip(tensors, keys, offsets))]
 
 
 def _triton_module():
@@ -78,21 +91,22 @@ def _default_backend(device: torch.device, dist: str) -> str:
     return "cpu" if device.type == "cpu" else "torch"
 
 
-def _resolve(backend: str | None, device: torch.device, dist: str) -> str:
+def _resolve(backend: str | None, device: torch.device, dist: str, where: str) -> str:
+    """The backend to run on `device`; `where` names the argument that put the work there, for errors."""
     name = backend or os.environ.get("ZOKERNELS_BACKEND") or _default_backend(device, dist)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if dist == "gaussian-fast" and (name != "triton" or not _triton_runs_on(device)):
+        raise ValueError(
+            f"dist='gaussian-fast' is an approximate stream that exists only on CUDA devices, but {where}; use "
+            "dist='gaussian', the portable Gaussian that gives the same bits on every device"
+        )
     if name == "cpu":
         if device.type != "cpu":
-            raise ValueError(f"backend 'cpu' runs on CPU tensors, got a tensor on {device}")
+            raise ValueError(f"backend 'cpu' runs on CPU tensors, but {where}")
         _cpu.require()
     if name == "triton" and not _triton_runs_on(device):
-        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU ones), got {device}")
-    if dist == "gaussian-fast" and name != "triton":
-        raise ValueError(
-            "dist 'gaussian-fast' is Triton's approximate Box-Muller (tl.randn-style), available only on the "
-            "triton backend and not bit-portable; use dist='gaussian' for the portable spec Gaussian"
-        )
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU ones), but {where}")
     return name
 
 
@@ -126,7 +140,17 @@ def _as_coeff(value, what: str) -> float:
         raise TypeError(f"{what} must be a real number, got {type(value).__name__}") from None
     if not math.isfinite(c):
         raise ValueError(f"{what} is {c}: a non-finite coefficient would destroy the weights (NaN loss upstream?)")
+    if abs(c) >= _F32_OVERFLOW:
+        raise ValueError(f"{what} = {c:g} overflows float32, where the kernels compute (largest finite "
+                         f"{torch.finfo(torch.float32).max:g}): it would write inf/NaN into every weight")
     return c
+
+
+def _as_list(values, what: str) -> list:
+    try:
+        return list(values)
+    except TypeError:
+        raise TypeError(f"{what} must be a sequence, got {type(values).__name__}") from None
 
 
 def _check_dist_rounding(dist: str, rounding: str) -> None:
@@ -136,25 +160,34 @@ def _check_dist_rounding(dist: str, rounding: str) -> None:
         raise ValueError(f"unknown rounding {rounding!r}; choose one of {spec.ROUNDINGS}")
 
 
-def _check_tensors(tensors) -> list[torch.Tensor]:
+def _check_tensors(tensors, what: str = "tensors") -> list[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
+    if isinstance(tensors, (str, bytes)) or not hasattr(tensors, "__iter__"):
+        raise TypeError(f"{what} must be a tensor or a sequence of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
     for i, t in enumerate(tensors):
+        name = f"{what}[{i}]"
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"tensors[{i}] is a {type(t).__name__}, not a torch.Tensor")
+            raise TypeError(f"{name} is a {type(t).__name__}, not a torch.Tensor")
+        # type(), not isinstance: a DTensor wrapped in nn.Parameter passes isinstance(t, nn.Parameter)
+        if type(t) is not torch.Tensor and not issubclass(type(t), torch.nn.Parameter):
+            raise TypeError(
+                f"{name} is a {type(t).__name__}, a torch.Tensor subclass: the kernels write a plain tensor's memory, "
+                "which a subclass may not have or may lay out differently. Pass the local data (a DTensor's "
+                "to_local(), with its global element offset in offsets=)")
         if t.device.type == "meta":
-            raise ValueError(f"tensors[{i}] is a meta tensor and has no data; materialize it first "
+            raise ValueError(f"{name} is a meta tensor and has no data; materialize it first "
                              "(e.g. module.to_empty(device=...) and load the weights)")
         if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"tensors[{i}] has dtype {t.dtype}; supported: float32, bfloat16, float16")
+            raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
         if t.layout != torch.strided:
-            raise TypeError(f"tensors[{i}] has layout {t.layout}; only dense (strided) tensors are supported")
+            raise TypeError(f"{name} has layout {t.layout}; only dense (strided) tensors are supported")
         if not t.is_contiguous():
-            raise ValueError(f"tensors[{i}] is not contiguous (shape {tuple(t.shape)}, stride {t.stride()}): the "
+            raise ValueError(f"{name} is not contiguous (shape {tuple(t.shape)}, stride {t.stride()}): the "
                              "noise is defined on the row-major element index, so pass contiguous tensors")
         if t.device != tensors[0].device:
-            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {tensors[0].device}")
+            raise ValueError(f"{name} is on {t.device} but {what}[0] is on {tensors[0].device}")
     return tensors
 
 
@@ -180,12 +213,28 @@ def _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding):
     for i, (t, o) in enumerate(zip(tensors, offsets)):
         if o + t.numel() > spec.INDEX_LIMIT:
             raise ValueError(f"tensors[{i}]: offset {o} + numel {t.numel()} exceeds the 2**62 element-index limit")
-    seeds, coeffs = list(seeds), list(coeffs)
+    _check_distinct_noise(tensors, keys, offsets)
+    seeds, coeffs = _as_list(seeds, "seeds"), _as_list(coeffs, "coeffs")
     if len(seeds) != len(coeffs):
         raise ValueError(f"got {len(seeds)} seeds but {len(coeffs)} coeffs")
     seeds = [_as_int(s, f"seeds[{k}]", 0, spec.SEED_MAX) for k, s in enumerate(seeds)]
     coeffs = [_as_coeff(c, f"coeffs[{k}]") for k, c in enumerate(coeffs)]
     return tensors, seeds, coeffs, keys, offsets
+
+
+def _check_distinct_noise(tensors, keys: list[int], offsets: list[int]) -> None:
+    """Two tensors with the same key and overlapping element ranges [offset, offset + numel) would get the
+    same noise. The same key over disjoint ranges is legitimate: shards or rows of one logical tensor."""
+    ranges = sorted((k, o, o + t.numel(), i) for i, (t, k, o) in enumerate(zip(tensors, keys, offsets)) if t.numel())
+    # sorted by (key, start): if any two ranges of a key overlap, two neighbours in this order do
+    for (key, _, end, i), (next_key, start, _, j) in zip(ranges, ranges[1:]):
+        if key == next_key and start < end:
+            i, j = sorted((i, j))
+            a, b = (f"[{offsets[k]}, {offsets[k] + tensors[k].numel()})" for k in (i, j))
+            raise ValueError(
+                f"tensors[{i}] and tensors[{j}] both have key {key} and overlapping element ranges {a} and {b}, so "
+                "they would get the same noise; give each tensor its own key (or offsets that place shards of one "
+                "tensor side by side)")
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
@@ -228,8 +277,23 @@ def _update_impl(tensors: list[torch.Tensor], seeds: list[int], coeffs: list[flo
             for t, src in zip(tensors, sources):
                 t.copy_(src)
             return
-        _backend(backend).update_(tensors, [_from_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding,
-                                  sources or None)
+        flags = _backend(backend).update_(tensors, [_from_i64(s) for s in seeds], coeffs, keys, offsets, dist,
+                                          rounding, sources or None)
+    bad = [i for i, f in enumerate(flags.tolist() if isinstance(flags, torch.Tensor) else flags) if f]
+    if bad:
+        raise _non_finite_error(tensors, bad, coeffs, bool(sources))
+
+
+def _non_finite_error(tensors: list[torch.Tensor], bad: list[int], coeffs: list[float],
+                      copies: bool) -> NonFiniteError:
+    named = ", ".join(f"tensors[{i}] {tuple(tensors[i].shape)} {tensors[i].dtype}" for i in bad)
+    if copies:
+        state = f"the pass was applied: the output copies {named} now hold inf/NaN (the sources are untouched)"
+    else:
+        state = f"the pass was applied to every tensor, and {named} now hold inf/NaN"
+    return NonFiniteError(
+        f"{state}. Either w + c*z overflowed the dtype (largest |coefficient| {max(abs(c) for c in coeffs):g}: "
+        "use smaller coefficients or a wider dtype) or w held inf/NaN already.", bad)
 
 
 # The custom op is what torch.compile traces; eager calls skip its ~0.1 ms of dispatch (shadow mode
@@ -269,8 +333,8 @@ def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gauss
     device, bit for bit (dist="gaussian-fast" excepted). `noise(n, s, offset=o)` equals
     `noise(o + n, s)[o:]`, so a shard reproduces its slice of the whole tensor.
     """
-    shape = [shape] if isinstance(shape, int) else list(shape)
-    shape = [_as_int(d, "shape entry", 0, spec.INDEX_LIMIT) for d in shape]
+    shape = [shape] if isinstance(shape, int) else _as_list(shape, "shape")
+    shape = [_as_int(d, f"shape[{i}]", 0, spec.INDEX_LIMIT) for i, d in enumerate(shape)]
     _check_dist_rounding(dist, "nearest")
     seed = _as_int(seed, "seed", 0, spec.SEED_MAX)
     key = _as_int(key, "key", 0, spec.KEY_MAX)
@@ -278,7 +342,7 @@ def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gauss
     if offset + math.prod(shape) > spec.INDEX_LIMIT:
         raise ValueError(f"offset {offset} + numel {math.prod(shape)} exceeds the 2**62 element-index limit")
     device = torch.device(device)
-    name = _resolve(backend, device, dist)
+    name = _resolve(backend, device, dist, f"device={device}")
     op = torch.ops.zokernels.noise if torch.compiler.is_compiling() else _noise_impl
     return op(shape, _to_i64(seed), key, offset, dist, device, name)
 
@@ -286,7 +350,7 @@ def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gauss
 def _check_sources(sources, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     if sources is None:
         return []
-    sources = _check_tensors(sources)
+    sources = _check_tensors(sources, "sources")
     if len(sources) != len(tensors):
         raise ValueError(f"got {len(sources)} sources for {len(tensors)} tensors; pass one per tensor")
     for i, (src, t) in enumerate(zip(sources, tensors)):
@@ -305,11 +369,15 @@ def update_(tensors, seeds, coeffs, *, keys, offsets=None, sources=None, dist: s
     `offsets` (default 0) the global index of its first element, for shards of a larger tensor.
     With `sources`, w is read from sources[i] and the result written to tensors[i] (a perturbed copy
     in the same single pass); otherwise the tensors are updated in place. Returns `tensors`.
+
+    A coefficient that overflows float32 is refused (ValueError) before anything is written. Two tensors
+    may share a key only with disjoint element ranges. If the pass leaves inf or NaN in some tensors, it
+    raises NonFiniteError afterwards (the pass was applied; `indices` says which tensors hold them).
     """
     ts, seeds, coeffs, keys, offsets = _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding)
     srcs = _check_sources(sources, ts)
     if ts and (seeds or srcs):
-        name = _resolve(backend, ts[0].device, dist)
+        name = _resolve(backend, ts[0].device, dist, f"tensors[0] is on {ts[0].device}")
         op = torch.ops.zokernels.update_ if torch.compiler.is_compiling() else _update_impl
         op(ts, [_to_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding, name, srcs)
     return tensors
@@ -319,5 +387,7 @@ def perturb_(tensors, seed: int, scale: float, *, keys, offsets=None, sources=No
              rounding: str = "nearest", backend: str | None = None):
     """For each tensor: w = round(w + float32(scale) * z(seed)), in place or from `sources` (see update_).
     Returns `tensors`."""
+    _as_int(seed, "seed", 0, spec.SEED_MAX)  # checked here too, so that errors name perturb_'s arguments
+    _as_coeff(scale, "scale")
     return update_(tensors, [seed], [scale], keys=keys, offsets=offsets, sources=sources, dist=dist,
                    rounding=rounding, backend=backend)

@@ -176,11 +176,11 @@ def round_stochastic(s: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> to
 
 
 def update_(tensor: torch.Tensor, seeds, coeffs, key: int, offset: int, dist: str, rounding: str,
-            source: torch.Tensor | None = None) -> None:
+            source: torch.Tensor | None = None) -> bool:
     """For each (seed, coeff) in order, w = round(w + float32(coeff) * z(seed)); w starts as `source`
-    (default: the tensor itself) and ends in `tensor`."""
+    (default: the tensor itself) and ends in `tensor`. Returns whether `tensor` now holds an inf or NaN."""
     if tensor.numel() == 0:
-        return
+        return False
     w = (tensor if source is None else source).reshape(-1).to(torch.float32)
     for seed, coeff in zip(seeds, coeffs):
         c = torch.tensor(coeff, dtype=torch.float32, device=tensor.device)
@@ -191,3 +191,4 @@ def update_(tensor: torch.Tensor, seeds, coeffs, key: int, offset: int, dist: st
         else:
             w = round_nearest(s, tensor.dtype)
     tensor.copy_(w.view(tensor.shape))
+    return not bool(torch.isfinite(w).all())
