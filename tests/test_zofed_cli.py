@@ -225,3 +225,24 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0 and f"resuming {out} from step {step} of 100" in stderr, stderr
     assert whole["model_sha256"] in stdout
+
+
+def test_field_docs_are_the_comments_that_document_each_field():
+    import dataclasses
+
+    from zofed.cli import _field_docs
+
+    @dataclasses.dataclass
+    class Config:
+        alpha: float = 0.5  # the comment on its line
+        # a comment block above a field
+        # (two lines)
+        beta: str = "#not a comment"
+        gamma: int = 1
+
+        def method(self):
+            gamma: int = 2  # a local variable's comment, not the field's
+            return gamma
+
+    assert _field_docs(Config) == {"alpha": "the comment on its line",
+                                   "beta": "a comment block above a field (two lines)"}

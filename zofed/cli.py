@@ -17,6 +17,7 @@ import io
 import json
 import re
 import sys
+import textwrap
 import tokenize
 
 from . import strategies
@@ -38,18 +39,27 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def _field_docs(cls) -> dict:
-    """name -> the comment on the line that declares the field in cls's source (zofed/configs.py): the one
-    place a config field is documented, for `zofed run --help` as for a reader of the code."""
+    """name -> the comment on the line that declares the field in cls's source (zofed/configs.py), or else the
+    comment lines right above it: the one place a config field is documented, for `zofed run --help` as for a
+    reader of the code."""
     names = {f.name for f in dataclasses.fields(cls)}
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):  # installed without sources: help without the descriptions
         return {}
-    docs = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+    docs, above, depth = {}, [], 0
+    for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline):
+        depth += {tokenize.INDENT: 1, tokenize.DEDENT: -1}.get(tok.type, 0)
         declared = re.match(r"\s*(\w+)\s*:", tok.line)
-        if tok.type == tokenize.COMMENT and declared and declared.group(1) in names:
-            docs.setdefault(declared.group(1), tok.string.lstrip("#").strip())
+        field = declared.group(1) if declared and declared.group(1) in names and depth == 1 else None  # class body
+        if tok.type == tokenize.COMMENT and tok.line.lstrip().startswith("#"):
+            above.append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.COMMENT and field:
+            docs[field] = tok.string.lstrip("#").strip()
+        elif tok.type == tokenize.NEWLINE:  # the end of a statement
+            if field and above:
+                docs.setdefault(field, " ".join(above))
+            above = []
     return docs
 
 
@@ -66,8 +76,8 @@ def _choices(cls, name: str) -> tuple:
 
 
 def _fields() -> dict:
-    """name -> (type, help) for every config field of every strategy; the help says what the field is (its
-    first config's documentation), its choices, its default and, unless every strategy takes it, which do."""
+    """name -> (type, help) for every config field of every strategy; the help says what the field is (in each
+    config that documents it), its choices, its default and, unless every strategy takes it, which do."""
     owners = {}
     for cls in CONFIGS:
         for f in dataclasses.fields(cls):
@@ -75,7 +85,9 @@ def _fields() -> dict:
     out = {}
     for name, taken in owners.items():
         kind = taken[0][1].type.split(" |")[0]
-        doc = next((d for cls, _ in taken if (d := _field_docs(cls).get(name))), "")
+        docs = {cls: _field_docs(cls).get(name) for cls, _ in taken}
+        doc = "; ".join(d if i == 0 else f"{CONFIGS[cls]}: {d}" for i, (cls, d) in enumerate(docs.items())
+                        if d and d not in list(docs.values())[:i])
         choices = [] if name == "strategy" else \
             list(dict.fromkeys(c for cls, _ in taken if kind == "str" for c in _choices(cls, name)))  # argparse's
         defaults = [("the strategy's" if name == "lr" else "iid" if name == "dirichlet" and f.default is None
