@@ -104,7 +104,7 @@ def test_checksum_mismatch_is_detected_and_reported():
     assert server.checksum(0, members[0].checksum())
     assert not server.checksum(1, members[1].checksum())
     assert server.checksum(2, members[2].checksum())
-    assert server.mismatches == [dict(step=3, client=1, differs_from=0)]
+    assert server.mismatches == [dict(step=3, client=1, majority=[0, 2])]
 
 
 def test_history_is_trimmed_by_active_clients_only():
@@ -186,16 +186,6 @@ def test_byzantine_messages():
     zo = strategies.make("zo-fedsgd", lr=0.1, run_seed=3, byzantine_scale=10.0)
     values = [zo.up(t, 4, 0.7, byzantine=True).values[0] for t in range(200)]
     assert all(-10 <= v <= 10 for v in values) and max(values) > 8 and min(values) < -8
-
-
-def test_fedkseed_seeds_come_from_the_pool_and_importance_prefers_moved_candidates():
-    st = strategies.make("fedkseed", lr=0.1, run_seed=3, pool_size=4, sampling="importance", rebase_every=1000)
-    assert {st.seed_for(t, c) for t in range(50) for c in range(3)} <= set(st.pool)
-    st.acc = [100.0, 0.0, 0.0, 0.0]  # candidate 0 moved the model, the others not at all
-    picks = [st.pool.index(st.seed_for(t, 0)) for t in range(2000)]
-    share = picks.count(0) / len(picks)
-    assert abs(share - 125 / 200) < 0.04  # p_j ~ |A_j| + mean|A|: weights 125, 25, 25, 25
-    assert all(picks.count(j) > 0 for j in range(4))
 
 
 def test_dp_feedsign_randomizes_the_broadcast_with_the_server_secret():

@@ -71,3 +71,39 @@ def test_personalized_learning_rates():
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=f"config field '{match}'"):
         FedMeZOConfig(**kw).validate()
+
+
+@pytest.mark.parametrize("client_weights", ["equal", "data-size"])
+def test_the_server_averages_with_eq_1_weights_by_default(client_weights, monkeypatch):
+    """fedmezo.txt eq. 1 (aggregation "according to Eq. (1)", section 2.2) and eq. 28 average the N clients with
+    weight 1/N: the default; "data-size" is FedAvg's n_i / n. Each client's local steps are replaced by a known
+    move (+ (i + 1) on every weight; projection g_i = i + 0.5), so both encodings are checked against eq. 1."""
+    def local(self, client, lr):
+        rep = self.replica(client)
+        for p in rep.params:
+            p.add_(client + 1.0)
+        return [(1000 + client, client + 0.5)], float(client)
+
+    monkeypatch.setattr(FedMeZO, "_local", local)
+    cfg = dict(CFG, local_steps=1, client_weights=client_weights)
+    sizes = [len(p) for p in FedMeZO(toy_task(), FedMeZOConfig(**cfg)).parts]
+    assert len(set(sizes)) == 3  # Dirichlet 0.5: the two rules differ
+    p = [1 / 3] * 3 if client_weights == "equal" else [n / sum(sizes) for n in sizes]
+
+    seeds = FedMeZO(toy_task(), FedMeZOConfig(encoding="seeds", **cfg))
+    row = seeds.step()
+    (pairs,) = seeds.downs[0].steps
+    assert pairs == tuple((1000 + i, -p[i] * 0.05 * (i + 0.5)) for i in range(3))
+    assert row["loss"] == sum(p[i] * i for i in range(3))
+
+    dense = FedMeZO(toy_task(), FedMeZOConfig(encoding="dense", **cfg))
+    start = _params(dense)
+    dense.step()
+    shift = sum(p[i] * (i + 1) for i in range(3))
+    for a, s in zip(_params(dense), start):
+        torch.testing.assert_close(a, s + shift, rtol=0, atol=4 * 2.0**-24 * (s.abs().max().item() + 3))
+
+
+def test_client_weights_is_checked():
+    with pytest.raises(ValueError, match="config field 'client_weights' must be one of"):
+        FedMeZOConfig(client_weights="size").validate()

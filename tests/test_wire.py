@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zofed.wire import (FRAME_BYTES, ByteCounter, Checksum, Dense, PoolState, Scalars, SeedScalars, StepUpdates,
-                        Votes, WireError, decode, encode, payload_bits)
+from zofed.wire import (FRAME_BYTES, MAX_FRAME_BYTES, ByteCounter, Checksum, Dense, PoolState, Scalars, SeedScalars,
+                        StepUpdates, Votes, WireError, decode, encode, header, payload_bits)
 
 steps = st.integers(0, 2**63 - 1)
 f32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -88,10 +88,11 @@ def test_clear_errors(frame, match):
 
 
 def test_encoder_refuses_bad_messages():
-    for bad in (Votes(0, (0,)), Votes(-1, ()), Scalars(0, (float("inf"),)), SeedScalars(0, (1,), ()),
-                SeedScalars(0, (2**64,), (1.0,)), Checksum(0, b"short")):
+    for bad in (lambda: Votes(0, (0,)), lambda: Votes(-1, ()), lambda: Scalars(0, (float("inf"),)),
+                lambda: SeedScalars(0, (1,), ()), lambda: SeedScalars(0, (2**64,), (1.0,)),
+                lambda: Checksum(0, b"short")):
         with pytest.raises(WireError):
-            encode(bad)
+            encode(bad())
 
 
 def test_byte_counter_counts_exactly_what_was_encoded():
@@ -140,3 +141,72 @@ def test_dense_weights():
         encode(Dense(0, b"\x00" * 5))
     with pytest.raises(WireError, match="its count says"):
         decode(_reframe(7, struct.pack("<QI", 0, 2) + data))
+
+
+def test_frames_over_the_cap_are_refused_from_the_header():
+    """The cap is checked on the header's body length, before the frame is read any further (a truncated frame
+    that claims a huge body says so, rather than "truncated"); a deployment raises it with max_bytes."""
+    head = struct.pack("<2sBBI", b"ZF", 1, 3, MAX_FRAME_BYTES)  # a SeedScalars body of 16 MiB, not sent
+    with pytest.raises(WireError, match=f"exceeds the limit of {MAX_FRAME_BYTES} bytes"):
+        decode(head)
+    msg = SeedScalars(0, tuple(range(100)), (0.5,) * 100)
+    frame = encode(msg)
+    assert len(frame) == 1224
+    with pytest.raises(WireError, match="1224-byte frame exceeds the limit of 1000 bytes"):
+        decode(frame, max_bytes=1000)
+    assert decode(frame, max_bytes=len(frame)) == msg
+    with pytest.raises(WireError, match="1224-byte frame exceeds the limit of 1000 bytes"):
+        ByteCounter().receive(0, "up", frame, max_bytes=1000)
+
+
+def test_header_names_type_and_size_without_reading_the_body():
+    frame = bytearray(encode(Votes(3, (1, -1, 1))))
+    frame[-1] ^= 0xFF  # a corrupt CRC: the header alone is still readable
+    assert header(bytes(frame)) == (Votes, 13)
+    for bad, match in ((b"ZF\x01", "truncated"), (_reframe(9, b""), "unknown message type 9")):
+        with pytest.raises(WireError, match=match):
+            header(bad)
+
+
+def test_votes_are_kept_bit_packed():
+    signs = (1, -1, -1, 1, 1, 1, -1, 1, -1)
+    v = Votes(7, signs)
+    assert v.count == 9 and v.bits == bytes([0b10111001, 0b0])  # LSB first, 1 = +1
+    assert tuple(v.signs) == signs and len(v.signs) == 9 and v.signs[-1] == -1 and v.signs[3] == 1
+    assert v.signs == signs and v == Votes(7, list(signs)) != Votes(8, signs)
+    assert hash(v) == hash(Votes(7, signs)) and "Votes(7" in repr(v)
+    with pytest.raises(IndexError):
+        v.signs[9]
+    for bad in ((0,), (1, 2), ("+",)):
+        with pytest.raises(WireError, match="a vote must be \\+1 or -1"):
+            Votes(0, bad)
+
+
+def test_a_huge_votes_frame_decodes_in_memory_bounded_by_its_size():
+    """2**24 votes (the orbit of a 2**24-step FeedSign run, 2 MiB): decoding keeps the packed bytes (no object per
+    vote), and FeedSign's steps_of is a lazy sequence; peak traced memory stays within a few frame sizes."""
+    import tracemalloc
+
+    from zofed import strategies
+
+    n = 1 << 24
+    packed = bytes(range(256)) * (n // 8 // 256)
+    frame = _reframe(1, struct.pack("<QI", 0, n) + packed)
+    strategy = strategies.make("feedsign", lr=0.1, run_seed=0)
+    tracemalloc.start()
+    try:
+        msg = decode(frame)
+        steps = strategy.steps_of(msg)
+        assert len(steps) == n and steps[0] == Votes(0, (-1,)) and steps[n - 1] == Votes(n - 1, (1,))
+        assert steps[8] == Votes(8, (1,)) and steps[9] == Votes(9, (-1,)) and msg.signs[8 * 255 + 7] == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(frame), peak  # the frame is 2 MiB; one Python object per vote would be > 100 MiB
+
+
+def test_payload_bits_need_no_reencoding():
+    msg = Votes(0, (1,) * 20)
+    assert msg.payload_bits() == payload_bits(msg) == 20
+    assert SeedScalars(0, (1, 2), (0.5, 0.5)).payload_bits() == 192
+    assert StepUpdates(0, (((1, 0.5),), ((2, 1.0), (3, 1.0)))).payload_bits() == 288

@@ -1,13 +1,16 @@
 """ZOWarmUp: tiers, the first-order warm-up, the ZO rounds' estimate and wire traffic, FedAdam, the baseline."""
 
 import copy
+import struct
 
 import pytest
 import torch
 
 from fedtoy import toy_task
 from zofed import rounds, tasks
+from zofed.client import Replica
 from zofed.configs import ZOWarmUpConfig
+from zofed.seeds import step_seed
 from zofed.zowarmup import ZOWarmUp, high_tier, sample
 
 TOY = dict(clients=10, high_fraction=0.3, warmup_rounds=3, zo_rounds=3, fo_lr=0.2, zo_lr=0.05, dirichlet=0.5,
@@ -46,16 +49,20 @@ def test_warm_up_round_is_fedavg_of_local_sgd():
     assert all(run.counter.client(k, "down")["messages"] == 0 for k in range(cfg.clients) if k != c)
 
 
+def _grad(task, rows):
+    model = copy.deepcopy(task.model)
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        task.losses(model, task.batch(rows)).mean(), list(model.parameters()))])
+
+
 def test_zo_round_estimates_the_gradient_of_the_sampled_data():
-    """With many probes the broadcast step points along -grad of the data-weighted loss, with size lr tau^2 |grad|
-    (E[z z^T] = tau^2 I for z = tau * Rademacher). 10 clients x 300 probes for 83 weights: fixed seeds."""
+    """With many probes the broadcast step points along the expected one, -zo_lr tau^2 S sum_j grad L_j (L_j:
+    client j's loss on its data; E[z z^T] = tau^2 I for z = tau * Rademacher; Algorithm 1 sums the |Q| * S
+    estimates). 10 clients x 300 probes for 83 weights: fixed seeds."""
     task = toy_task()
     cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=0, zo_rounds=1, perturbations=300, eps=1e-4, tau=0.5))
     run = ZOWarmUp(task, cfg)
-    rows = [i for part in run.parts for i in part]
-    model = copy.deepcopy(task.model)
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-        task.losses(model, task.batch(rows)).mean(), list(model.parameters()))])
+    grad = cfg.perturbations * sum(_grad(task, part) for part in run.parts)
     before = _flat(task.model)
     run.step()
     step = _flat(task.model) - before
@@ -66,6 +73,39 @@ def test_zo_round_estimates_the_gradient_of_the_sampled_data():
         assert run.counter.client(c, "up")["payload_bits"] == 32 * cfg.perturbations
         down = run.counter.client(c, "down")
         assert down["messages"] == 2 and down["payload_bits"] == 32 * before.numel() + 96 * 10 * cfg.perturbations
+
+
+@pytest.mark.parametrize("zo_update", ["sum", "data-mean"])
+def test_zo_update_transcribes_algorithm_1(zo_update, monkeypatch):
+    """Lines 22-32 written out with a separate replica: each sampled client's S differences dL (float32 on the
+    wire), g_s = dL / (2 eps) * z_s with z_s = tau * Rademacher(seed s), g = sum over all |Q| * S of them
+    (line 31), w <- w - server_lr * zo_lr * g (line 32 with the FedAvg server step). "data-mean" weighs each
+    g_s by n_j / n / S instead (n_j: its client's examples, n: the sampled clients')."""
+    task = toy_task()
+    cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=0, zo_rounds=1, participation=0.5, zo_update=zo_update))
+    model = copy.deepcopy(task.model)
+    run = ZOWarmUp(task, cfg)
+    got = []
+    update = ZOWarmUp._zo_update
+    monkeypatch.setattr(ZOWarmUp, "_zo_update", lambda self, pairs: (got.append(pairs), update(self, pairs)))
+    run.step()
+    ref = Replica(model, eps=cfg.eps * cfg.tau, dist="rademacher")  # perturbation eps * z = eps * tau * r
+    picked = sample(cfg, 0, list(range(cfg.clients)))
+    assert 1 < len(picked) < cfg.clients
+    n = sum(len(run.parts[c]) for c in picked)
+    expected = []
+    for c in picked:
+        batch = task.batch(run.parts[c])
+        weight = 1.0 if zo_update == "sum" else len(run.parts[c]) / n / cfg.perturbations
+        for s in range(cfg.perturbations):
+            seed = step_seed(cfg.seed, 0, c, s)
+            plus, minus = ref.evaluate_pair(seed, lambda: task.losses(model, batch).mean())
+            d = struct.unpack("<f", struct.pack("<f", float(plus) - float(minus)))[0]
+            g = struct.unpack("<f", struct.pack("<f", weight * cfg.tau * d / (2 * cfg.eps)))[0]  # float32 broadcast
+            expected.append((seed, g))
+    assert got == [tuple(expected)]
+    ref.apply([("update", tuple(s for s, _ in expected), tuple(-cfg.server_lr * cfg.zo_lr * g for _, g in expected))])
+    assert torch.equal(_flat(task.model), _flat(model))
 
 
 @pytest.mark.parametrize("server_opt", ["fedavg", "fedadam"])
@@ -87,7 +127,8 @@ def test_zowarmup_lowers_the_loss_and_baseline_leaves_low_tier_out(server_opt):
 def test_bad_config_names_the_field():
     for kw, match in ((dict(high_fraction=0.0), "'high_fraction' must be in"), (dict(server_opt="sgd"), "server_opt"),
                       (dict(warmup_rounds=0, zo_rounds=0), "'zo_rounds' leaves no rounds"),
-                      (dict(tau=1.5), "'tau' must be in"), (dict(high_res_only="yes"), "'high_res_only' must be true")):
+                      (dict(tau=1.5), "'tau' must be in"), (dict(high_res_only="yes"), "'high_res_only' must be true"),
+                      (dict(zo_update="mean"), "'zo_update' must be one of")):
         with pytest.raises(ValueError, match=match):
             ZOWarmUpConfig(**kw).validate()
 

@@ -9,7 +9,8 @@ are never written during the forwards, so evaluating a seed leaves them exactly 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable
+import math
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class Replica:
 
     def __init__(self, model: nn.Module, *, eps: float = 1e-3, dist: str = "gaussian", keep_base: bool = False,
                  backend: str | None = None):
-        self.model = model
+        self.model, self.eps = model, eps
         self.opt = zokernels.ZOSGD(model, lr=0.0, eps=eps, mode="shadow", dist=dist, backend=backend)
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
         self.base = [p.detach().clone() for p in self.params] if keep_base else None
@@ -94,6 +95,38 @@ class Replica:
         return h.digest()
 
 
+@torch.no_grad()
+def local_steps(replica: Replica, strategy: Strategy, step: int, client: int,
+                closures: Sequence[Callable]) -> tuple[list[float], list[float]]:
+    """A client's local steps of a round (FedKSeed's local_steps = H): for h = 0..H-1, the projection at the
+    current weights along z(strategy.seed_for(step, client, h)) on closures[h]'s batch, then the local ZO-SGD
+    step w -= lr * g * z. The weights are restored exactly afterwards (the round's result arrives as the
+    broadcast), so a replica shared by several simulated clients serves each in turn. A closure returns a
+    loss or per-example losses (averaged). Returns the H projections and the H losses (L+ + L-) / 2."""
+    if len(closures) != strategy.local_steps:
+        raise ValueError(f"{strategy.name} takes {strategy.local_steps} local step(s) per round: give as many "
+                         f"closures, got {len(closures)}")
+    start = [p.detach().clone() for p in replica.params]
+    projections, losses = [], []
+    try:
+        for h, closure in enumerate(closures):
+            seed = strategy.seed_for(step, client, h)
+            plus, minus = replica.evaluate_pair(seed, closure)
+            lp, lm = float(plus.float().mean()), float(minus.float().mean())
+            g = (lp - lm) / (2 * replica.eps)
+            if not math.isfinite(g):
+                raise FloatingPointError(f"non-finite loss for client {client} at step {step}, local step {h}; "
+                                         "the weights are restored to the round's")
+            projections.append(g)
+            losses.append((lp + lm) / 2)
+            if h + 1 < len(closures):  # the last local update would be undone at once
+                replica.apply([("update", (seed,), (-strategy.lr * g,))])
+    finally:
+        for p, w in zip(replica.params, start):
+            p.copy_(w)
+    return projections, losses
+
+
 class Client:
     """One federated client: its replica, its own copy of the strategy's state, and its step counter.
 
@@ -108,9 +141,12 @@ class Client:
         self.cid, self.replica, self.strategy, self.byzantine = cid, replica, strategy, byzantine
         self.step = 0
 
-    def answer(self, closure: Callable[[], torch.Tensor]) -> bytes:
-        seed = self.strategy.seed_for(self.step, self.cid)
-        p = self.replica.projection(seed, closure)
+    def answer(self, closure: Callable[[], torch.Tensor] | Sequence[Callable[[], torch.Tensor]]) -> bytes:
+        """The reply for the current step; with local steps, `closure` is one closure per local step."""
+        if self.strategy.local_steps == 1 and callable(closure):
+            p = self.replica.projection(self.strategy.seed_for(self.step, self.cid), closure)
+        else:
+            p, _ = local_steps(self.replica, self.strategy, self.step, self.cid, closure)
         return encode(self.strategy.up(self.step, self.cid, p, self.byzantine))
 
     def receive(self, frame: bytes) -> None:
@@ -149,6 +185,12 @@ def load_flat(params, flat: torch.Tensor) -> None:
     for p in params:
         p.copy_(flat[n:n + p.numel()].view_as(p))
         n += p.numel()
+
+
+def dense_frame_bytes(params) -> int:
+    """The size of a Dense frame of these parameters: what a receiver of dense weights accepts (more than
+    wire.MAX_FRAME_BYTES for a model over about 4M weights)."""
+    return Dense.frame_bytes(sum(p.numel() for p in params))
 
 
 def to_dense(step: int, flat: torch.Tensor) -> Dense:

@@ -19,6 +19,8 @@ DEFAULT_LR = {"feedsign": 4e-3, "dp-feedsign": 4e-3, "zo-fedsgd": 1e-3, "fedksee
 DISTS = ("gaussian", "rademacher", "uniform")
 SIGNALS = ("round-loss", "five-round-loss", "update")  # FedMeZO's heterogeneity signals (fedmezo.txt 5.4)
 SERVER_OPTS = ("fedavg", "fedadam")
+CLIENT_WEIGHTS = ("equal", "data-size")  # how a server weighs the clients it averages
+ZO_UPDATES = ("sum", "data-mean")  # ZOWarmUp's ZO update: Algorithm 1's sum, or a data-weighted mean
 
 
 class _Checked:
@@ -77,7 +79,10 @@ class SimConfig(_Checked):
     dp_epsilon: float = 1.0
     aggregator: str = "mean"  # zo-fedsgd: mean (a seed per client), median or trimmed-mean (shared seed)
     pool_size: int = 64
-    pool_sampling: str = "uniform"
+    pool_sampling: str = "uniform"  # fedkseed: uniform, or importance (FedKSeed's probability-differentiated)
+    pool_local_steps: int = 1  # fedkseed: ZO-SGD steps per client per round
+    client_weights: str = "equal"  # fedkseed: clients weighed equally, or by data size (FedKSeed's option)
+    server_secret: int | None = None  # dp-feedsign: the server's private seed; None: os.urandom (kept in checkpoint)
     participation: float = 1.0  # fraction of online clients sampled per round
     dropout: float = 0.0  # probability that a client is offline at a step (it catches up when back)
     quorum: int | None = None
@@ -92,11 +97,16 @@ class SimConfig(_Checked):
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        self._check(positive_ints=("clients", "steps", "batch", "eval_every", "pool_size"),
+        self._check(positive_ints=("clients", "steps", "batch", "eval_every", "pool_size", "pool_local_steps"),
                     positive=("lr", "eps", "byzantine_scale", "dirichlet", "deadline"), unit=("participation",),
                     choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS,
-                                 aggregator=strategies.ZOFedSGD.AGGREGATORS, pool_sampling=("uniform", "importance"),
-                                 dist=DISTS))
+                                 aggregator=strategies.ZOFedSGD.AGGREGATORS,
+                                 pool_sampling=strategies.FedKSeed.SAMPLINGS, client_weights=CLIENT_WEIGHTS, dist=DISTS))
+        for name, default in (("pool_local_steps", 1), ("client_weights", "equal")):
+            if getattr(self, name) != default and self.strategy != "fedkseed":
+                self._bad(name, f"applies to strategy 'fedkseed' only (this run is {self.strategy!r})")
+        if self.server_secret is not None and not 0 <= self.server_secret < 2**64:
+            self._bad("server_secret", "must be an integer in [0, 2**64)")
         if not 0 <= self.byzantine <= self.clients:
             self._bad("byzantine", f"must be an integer in [0, clients={self.clients}]")
         if not (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon)):
@@ -110,10 +120,17 @@ class SimConfig(_Checked):
         """The options this strategy takes (what an orbit records to rebuild it)."""
         return {"dp-feedsign": dict(epsilon=self.dp_epsilon),
                 "zo-fedsgd": dict(aggregator=self.aggregator),
-                "fedkseed": dict(pool_size=self.pool_size, sampling=self.pool_sampling)}.get(self.strategy, {})
+                "fedkseed": dict(pool_size=self.pool_size, sampling=self.pool_sampling,
+                                 local_steps=self.pool_local_steps)}.get(self.strategy, {})
 
-    def make_strategy(self) -> strategies.Strategy:
+    def make_strategy(self, data_sizes: list[int] | None = None) -> strategies.Strategy:
+        """The strategy; data_sizes (examples per client) are needed with client_weights = "data-size"."""
         kw = dict(byzantine_scale=self.byzantine_scale) if self.strategy in ("zo-fedsgd", "fedkseed") else {}
+        if self.client_weights == "data-size":
+            if data_sizes is None:
+                raise ValueError("config field 'client_weights' = 'data-size' needs the clients' data sizes "
+                                 "(make_strategy(data_sizes=...))")
+            kw["data_sizes"] = data_sizes
         return strategies.make(self.strategy, lr=self.lr, run_seed=self.seed, **self.strategy_options(), **kw)
 
 
@@ -128,6 +145,7 @@ class FedMeZOConfig(_Checked):
     eps: float = 1e-3
     batch: int = 16
     encoding: str = "seeds"  # or "dense"
+    client_weights: str = "equal"  # the server's average: equal 1/N (fedmezo.txt eq. 1), or by data size (FedAvg)
     alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
     signal: str = "update"
     dirichlet: float | None = None
@@ -136,7 +154,8 @@ class FedMeZOConfig(_Checked):
 
     def validate(self) -> None:
         self._check(positive_ints=("clients", "rounds", "local_steps", "batch", "eval_every"),
-                    positive=("lr", "eps", "dirichlet"), choices=dict(encoding=("seeds", "dense"), signal=SIGNALS))
+                    positive=("lr", "eps", "dirichlet"),
+                    choices=dict(encoding=("seeds", "dense"), signal=SIGNALS, client_weights=CLIENT_WEIGHTS))
         if not 0 <= self.alpha < 1:
             self._bad("alpha", "must be in [0, 1) so every eta_i stays positive")
 
@@ -155,7 +174,10 @@ class ZOWarmUpConfig(_Checked):
     fo_lr: float = 0.1  # client SGD step in the warm-up
     server_opt: str = "fedavg"
     server_lr: float = 1.0
-    zo_lr: float = 0.02  # eta_zo: the client step along the gradient estimate
+    zo_lr: float = 1e-4  # eta_zo; small because "sum" adds up |Q| * S estimates (150 with every client, S = 3)
+    # the ZO update's estimate g: "sum" of the |Q| * S per-probe estimates (Algorithm 1, line 31), or "data-mean":
+    # their mean weighted by the clients' data sizes (sum_j n_j / n / S, about |Q| * S times smaller: scale zo_lr)
+    zo_update: str = "sum"
     perturbations: int = 3  # S
     tau: float = 0.75
     eps: float = 1e-3
@@ -171,7 +193,8 @@ class ZOWarmUpConfig(_Checked):
     def validate(self) -> None:
         self._check(positive_ints=("clients", "local_epochs", "fo_batch", "perturbations", "eval_every"),
                     positive=("fo_lr", "server_lr", "zo_lr", "eps", "dirichlet"),
-                    unit=("high_fraction", "participation", "tau"), choices=dict(server_opt=SERVER_OPTS))
+                    unit=("high_fraction", "participation", "tau"),
+                    choices=dict(server_opt=SERVER_OPTS, zo_update=ZO_UPDATES))
         for name in ("warmup_rounds", "zo_rounds"):
             if getattr(self, name) < 0:
                 self._bad(name, "must be an integer >= 0")

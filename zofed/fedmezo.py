@@ -3,13 +3,16 @@
 Round r, from the global trainable weights S:
   each sampled client i runs H ZO-SGD steps from S with its learning rate eta_i and the seeds
   step_seed(run, r*H + h, i), then
-  - "dense":  uploads its weights (float32, 32 bits each); the server averages them by data size
-               (FedAvg, fedmezo.txt eq. 1) and broadcasts the average.
+  - "dense":  uploads its weights (float32, 32 bits each); the server averages them, sum_i p_i w_i, and
+               broadcasts the average.
   - "seeds":  uploads its H (seed, projection) pairs; the server broadcasts every client's pairs with
-               coefficients -p_i eta_i g_ih (p_i = n_i / n); each client restores S and applies them with
-               the multi-seed update. Exact for plain ZO-SGD: w_i = S - eta_i sum_h g_ih z_ih, so
+               coefficients -p_i eta_i g_ih; each client restores S and applies them with the multi-seed
+               update. Exact for plain ZO-SGD: w_i = S - eta_i sum_h g_ih z_ih, so
                sum_i p_i w_i = S - sum_i sum_h p_i eta_i g_ih z_ih. Bytes instead of megabytes, and every
                replica ends bit-identical (same S, same broadcast).
+The client weights p_i: client_weights = "equal" (default) is the paper's p_i = 1/N (eq. 1's objective,
+the aggregation of section 2.2 "according to Eq. (1)", and the analysis' eq. 28); "data-size" is FedAvg's
+p_i = n_i / n (n_i the client's examples). The round's reported loss is weighted the same way.
 The two encodings round differently: dense rounds after each local step and in the average, seeds
 after each of the n*H broadcast terms. From the same S, with the same projections, they differ by at
 most (n + 1) * H + 2 float32 roundings of the largest weight magnitude reached, per element (tested).
@@ -29,12 +32,12 @@ import math
 import numpy as np
 import torch
 
-from .client import Replica, flat_weights, from_dense, load_flat, to_dense
+from .client import Replica, dense_frame_bytes, flat_weights, from_dense, load_flat, to_dense
 from .configs import FedMeZOConfig
 from .data import dirichlet_split, iid_split
 from .seeds import step_seed
 from .strategies import Broadcasts
-from .wire import ByteCounter, Dense, SeedScalars, StepUpdates, decode, encode
+from .wire import MAX_FRAME_BYTES, ByteCounter, Dense, SeedScalars, StepUpdates, decode, encode
 
 
 def heterogeneity(signal: list[float]) -> list[float]:
@@ -61,8 +64,10 @@ class FedMeZO:
         self.parts = (iid_split(labels, cfg.clients, seed=cfg.seed) if cfg.dirichlet is None else
                       dirichlet_split(labels, cfg.clients, cfg.dirichlet, seed=cfg.seed))
         total = sum(len(p) for p in self.parts)
-        self.weights = [len(p) / total for p in self.parts]  # FedAvg's p_i
+        self.weights = ([1 / cfg.clients] * cfg.clients if cfg.client_weights == "equal" else
+                        [len(p) / total for p in self.parts])  # p_i
         self.counter = ByteCounter()
+        self.max_bytes = max(MAX_FRAME_BYTES, dense_frame_bytes(self.replicas[0].params))  # what a party accepts
         self.phi = [0.0] * cfg.clients
         self.loss_gaps: list[list[float]] = []
         self.lrs: list[list[float]] = []
@@ -107,14 +112,15 @@ class FedMeZO:
             own = start[i if len(self.replicas) > 1 else 0]
             norms.append(math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(rep.params, own))))
             if cfg.encoding == "dense":
-                uploads[i] = decode(self.counter.send(i, "up", to_dense(self.round, flat_weights(rep.params))))
+                frame = self.counter.send(i, "up", to_dense(self.round, flat_weights(rep.params)))
+                uploads[i] = decode(frame, max_bytes=self.max_bytes)
             else:
                 seeds, values = zip(*pairs)
                 uploads[i] = decode(self.counter.send(i, "up", SeedScalars(self.round * cfg.local_steps, seeds,
                                                                            values)))
             for p, s in zip(rep.params, own):  # back to S for the next client / the broadcast
                 p.copy_(s)
-        # the server: average dense weights, or broadcast every pair with its FedAvg coefficient
+        # the server: average dense weights, or broadcast every pair with its client's weight
         if cfg.encoding == "dense":
             flats = [from_dense(uploads[i]) for i in range(cfg.clients)]
             avg = sum(w * f.double() for w, f in zip(self.weights, flats)).float()
@@ -123,10 +129,11 @@ class FedMeZO:
             down = StepUpdates(self.round, (tuple((s, -self.weights[i] * lrs[i] * g)
                                                   for i in range(cfg.clients)
                                                   for s, g in zip(uploads[i].seeds, uploads[i].values)),))
+        frame = encode(down)
         for i in range(cfg.clients):
-            frame = self.counter.send(i, "down", down)
+            self.counter.count(i, "down", frame, down)
             if len(self.replicas) > 1 or i == 0:  # a shared replica takes the broadcast once
-                self._apply(self.replica(i), decode(frame))
+                self._apply(self.replica(i), decode(frame, max_bytes=self.max_bytes))
         if cfg.encoding == "seeds":
             self.downs.append(down)
         global_norm = math.sqrt(sum(float((p.float() - s.float()).pow(2).sum())

@@ -1,5 +1,6 @@
 """The parameter server: integers, bits and scalars only. It never sees the model and imports no torch;
-its memory is the broadcast history (bounded by the clients still active) and a few counters.
+its memory is the broadcast history (bounded by the clients still active), the recent replica checksums
+(bounded by CHECKSUM_WINDOW steps) and a few counters.
 
 A round (one step, or a retry of it when nobody answered):
 
@@ -8,26 +9,55 @@ A round (one step, or a retry of it when nobody answered):
     server.ready(now)                             # quorum reached, or the deadline has passed
     frame = server.close()                        # the broadcast (counted "down" per online client)
 
-A reply that arrives after the round closed is a straggler: counted, then ignored. Clients that were
-offline catch up with `catch_up(client)`: the broadcasts they missed, bit-packed into one history
-message, or (FedKSeed pool) the pool's accumulators plus the broadcasts since the last rebuild.
-Replicas report `Checksum` messages; a digest that differs from the others at that step is reported
-in `mismatches`.
+A reply is checked from its frame header (the strategy's message type and exact size) before its body is
+decoded, then its content is checked against the step (seeds, counts). A reply that arrives after its round
+closed, during the round's quorum/deadline or after close() (until the next round closes), is a straggler:
+counted, then ignored. Clients that were offline catch up with `catch_up(client)`: the broadcasts they
+missed, bit-packed into history messages of at most wire.MAX_FRAME_BYTES each, or (FedKSeed pool) the pool's
+state plus the broadcasts since the last rebuild.
+
+Replicas report `Checksum` messages for a step no later than the server's. The digest a strict majority of
+the replicas reporting for a step share is that step's reference: `mismatches` lists every replica whose
+digest differs from it (or, while no digest has a majority, every replica of a step with differing digests),
+so a bad replica that reports first cannot make the honest ones look wrong.
+
+Randomness: client sampling is hashed from `sampling_seed` (public: runs are reproducible from it);
+DP-FeedSign's mechanism from `secret`, the server's private seed (os.urandom unless the operator gives one).
+The secret is in state_dict() (the server's own checkpoint, to resume the same run) and nowhere else: not in
+a broadcast, not in an orbit.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 
 from .seeds import unit
 from .strategies import FedKSeed, Strategy
-from .wire import ByteCounter, Checksum, Message, encode
+from .wire import FRAME_BYTES, MAX_FRAME_BYTES, ByteCounter, Checksum, Message, WireError, encode, header
 
 _SAMPLE = 0x5A  # hash domain of client sampling
+CHECKSUM_WINDOW = 1000  # checksums are compared for the last CHECKSUM_WINDOW steps; older reports are refused
 
 
 class CatchUpError(RuntimeError):
     """A client needs broadcasts the server no longer holds."""
+
+
+def _seed(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+    return value
+
+
+def private_seed() -> int:
+    """64 bits from the operating system's CSPRNG: a secret no party can derive from the run's seeds."""
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def _first_step(msg: Message) -> int:
+    return msg.first_step if hasattr(msg, "first_step") else msg.step
 
 
 class ParameterServer:
@@ -37,11 +67,14 @@ class ParameterServer:
         participation: the fraction of online clients sampled each round (at least one is).
         quorum: replies that close a round early (default: every sampled client).
         deadline: seconds after which a round closes with the replies it has (default: none).
-        secret: the server's private seed (client sampling, DP-FeedSign's mechanism).
+        secret: the server's private seed for DP-FeedSign's mechanism; None draws 64 bits from os.urandom.
+            Give one to make a DP run reproducible, and keep it as private as the server.
+        sampling_seed: the public seed of client sampling.
     """
 
     def __init__(self, strategy: Strategy, clients: int, *, participation: float = 1.0, quorum: int | None = None,
-                 deadline: float | None = None, secret: int = 0, counter: ByteCounter | None = None):
+                 deadline: float | None = None, secret: int | None = None, sampling_seed: int = 0,
+                 counter: ByteCounter | None = None):
         if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
             raise ValueError(f"clients must be a positive integer, got {clients!r}")
         if not 0 < participation <= 1:
@@ -51,7 +84,8 @@ class ParameterServer:
         if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
             raise ValueError(f"deadline must be a positive number of seconds, got {deadline}")
         self.strategy, self.participation, self.quorum, self.deadline = strategy, participation, quorum, deadline
-        self.secret = secret
+        self.secret = private_seed() if secret is None else _seed("secret", secret)
+        self.sampling_seed = _seed("sampling_seed", sampling_seed)
         self.counter = counter or ByteCounter()
         self.step = 0  # the next step to aggregate
         self.attempt = 0  # rounds of this step that closed without replies
@@ -61,15 +95,15 @@ class ParameterServer:
         self.active = set(range(clients))  # clients that may come back: they hold the history
         self.online = set(range(clients))
         self.round: dict | None = None
-        self.checksums: dict[int, dict[int, bytes]] = {}
-        self.mismatches: list[dict] = []
+        self.late: dict[int, int] = {}  # client -> step: sampled in a closed round, its reply not yet seen
+        self.checksums: dict[int, dict[int, bytes]] = {}  # step -> client -> digest, the last CHECKSUM_WINDOW steps
         self.stragglers = 0
 
     # ------------------------------------------------------------ membership
 
-    def _check_client(self, client: int) -> None:
-        if client not in self.synced:
-            raise ValueError(f"unknown client {client!r}")
+    def _check_client(self, client) -> None:
+        if isinstance(client, bool) or not isinstance(client, int) or client not in self.synced:
+            raise ValueError(f"unknown client {client!r} (clients are the integers 0..{len(self.synced) - 1})")
 
     def set_online(self, client: int, online: bool) -> None:
         """A client reachable or not; an offline client misses broadcasts and must catch_up() when back."""
@@ -105,23 +139,43 @@ class ParameterServer:
         ready = sorted(c for c in self.online if self.synced[c] == self.step)
         if not ready:
             raise RuntimeError(f"no online, synced client can answer step {self.step}")
-        draws = {c: unit(self.secret, _SAMPLE, self.step, self.attempt, c) for c in ready}
+        draws = {c: unit(self.sampling_seed, _SAMPLE, self.step, self.attempt, c) for c in ready}
         sampled = [c for c in ready if draws[c] < self.participation] or [min(ready, key=draws.get)]
-        self.round = dict(sampled=set(sampled), ups={}, closed_at=None)
+        self.round = dict(sampled=set(sampled), ups={}, late=set(), closed_at=None)
         return sampled
 
+    def _decode(self, client: int, frame: bytes, kind: type, entries: int) -> Message:
+        """Check a frame's type and size from its header alone, then decode and count it."""
+        got, n = header(frame)
+        if got is not kind:
+            raise ValueError(f"client {client}: expected a {kind.__name__} message, got {got.__name__}")
+        size = kind.frame_bytes(entries)
+        if FRAME_BYTES + n != size:
+            raise ValueError(f"client {client}: a {FRAME_BYTES + n}-byte {kind.__name__} frame, where a valid one "
+                             f"is {size} bytes")
+        return self.counter.receive(client, "up", frame, max_bytes=size)
+
     def receive(self, client: int, frame: bytes, at: float = 0.0) -> bool:
-        """A reply arriving `at` seconds into the round; False if it came too late to count."""
+        """A reply arriving `at` seconds into the round; False if it came too late to count (a straggler)."""
+        self._check_client(client)
         r = self.round
-        if r is None:
-            raise RuntimeError("no round is open")
-        if client not in r["sampled"]:
+        if (r is None or client not in r["sampled"]) and client not in self.late:
+            if r is None:
+                raise RuntimeError("no round is open")
             raise ValueError(f"client {client} was not sampled for step {self.step}")
-        msg = self.counter.receive(client, "up", frame)
-        if r["closed_at"] is not None and at > r["closed_at"] or self.deadline is not None and at > self.deadline:
+        msg = self._decode(client, frame, *self.strategy.reply_shape())
+        if (r is None or client not in r["sampled"] or _first_step(msg) != self.step) and \
+                self.late.get(client) == _first_step(msg):
+            del self.late[client]  # the reply to a round that has closed
             self.stragglers += 1
             return False
-        if client in r["ups"]:
+        if r is None or client not in r["sampled"]:
+            raise ValueError(f"client {client} answered step {_first_step(msg)}, which is not open")
+        if r["closed_at"] is not None and at > r["closed_at"] or self.deadline is not None and at > self.deadline:
+            self.stragglers += 1
+            r["late"].add(client)
+            return False
+        if client in r["ups"] or client in r["late"]:
             raise ValueError(f"client {client} answered step {self.step} twice")
         self.strategy.check(self.step, client, msg)  # a bad reply is refused here, not at aggregation
         r["ups"][client] = msg
@@ -139,6 +193,9 @@ class ParameterServer:
         r, self.round = self.round, None
         if r is None:
             raise RuntimeError("no round is open")
+        # clients that have not replied may still: until the next round closes, their reply is a straggler
+        self.late = {c: s for c, s in self.late.items() if s == self.step}
+        self.late.update((c, self.step) for c in r["sampled"] - set(r["ups"]) - r["late"])
         if not r["ups"]:
             self.attempt += 1
             return None
@@ -147,71 +204,139 @@ class ParameterServer:
         self.history.append(down)
         frame = encode(down)
         for c in sorted(self.online):
-            self.counter.send(c, "down", down)
+            self.counter.count(c, "down", frame, down)
             self.synced[c] = self.step + 1
         self.step += 1
         self.attempt = 0
         self._trim()
+        self._prune_checksums()
         return frame
 
     def catch_up(self, client: int) -> list[bytes]:
         """The frames that bring a returning client to the current step (counted "down")."""
         self._check_client(client)
         need = self.synced[client]
-        msgs: list[Message] = []
+        msgs: list[tuple[Message, bytes]] = []
         if need < self.history_start:
             if not isinstance(self.strategy, FedKSeed):
                 raise CatchUpError(f"client {client} needs the broadcasts from step {need}, but the server holds "
                                    f"them from step {self.history_start} only (trimmed after the client left); "
                                    "rebuild its replica from an orbit replay instead")
-            msgs.append(self.strategy.checkpoint)
+            msgs.append((self.strategy.checkpoint, encode(self.strategy.checkpoint)))
             need = self.strategy.checkpoint.step
         if need < self.step:
-            msgs.append(self.strategy.history(need, self.history[need - self.history_start:]))
+            msgs += self._histories(need, self.history[need - self.history_start:])
         self.synced[client] = self.step
         self.active.add(client)
-        return [self.counter.send(client, "down", m) for m in msgs]
+        for msg, frame in msgs:
+            self.counter.count(client, "down", frame, msg)
+        return [frame for _, frame in msgs]
+
+    def _histories(self, first: int, downs: list[Message]) -> list[tuple[Message, bytes]]:
+        """The broadcasts as history messages whose frames a client decodes with the default size cap."""
+        msg = self.strategy.history(first, downs)
+        try:
+            frame = encode(msg)
+        except WireError:  # more entries than one message holds
+            frame = None
+        if len(downs) == 1 or frame is not None and len(frame) <= MAX_FRAME_BYTES:
+            return [(msg, frame if frame is not None else encode(msg))]
+        half = len(downs) // 2
+        return self._histories(first, downs[:half]) + self._histories(first + half, downs[half:])
 
     # ------------------------------------------------------------ saving and restoring
 
     def state_dict(self) -> dict:
-        """The server's counters and membership as JSON-able values (between rounds). The strategy's state
-        and the broadcasts are not in it: load_state_dict takes the broadcasts, which rebuild both."""
+        """The server's counters, membership, recent checksums and secret as JSON-able values (between rounds).
+        The strategy's state and the broadcasts are not in it: load_state_dict takes the broadcasts, which
+        rebuild both. It holds the secret: keep it as private as the server."""
         if self.round is not None:
             raise RuntimeError("save the server between rounds, not while one is open")
         return dict(step=self.step, attempt=self.attempt, history_start=self.history_start,
                     synced=[[c, s] for c, s in sorted(self.synced.items())], active=sorted(self.active),
-                    online=sorted(self.online), stragglers=self.stragglers, mismatches=self.mismatches,
-                    counter=self.counter.state_dict())
+                    online=sorted(self.online), late=sorted(self.late.items()), stragglers=self.stragglers,
+                    checksums=[[s, [[c, d.hex()] for c, d in sorted(seen.items())]]
+                               for s, seen in sorted(self.checksums.items())],
+                    secret=self.secret, counter=self.counter.state_dict())
 
-    def load_state_dict(self, state: dict, downs: list[Message]) -> None:
+    def load_state_dict(self, state: dict, downs) -> None:
         """Restore a state_dict() given the broadcasts of steps 0..step-1, which this server's strategy
-        replays (a fresh strategy instance ends in the state the saved one had)."""
-        if len(downs) != state["step"]:
-            raise ValueError(f"the server state is at step {state['step']} but {len(downs)} broadcasts were given")
+        replays (a fresh strategy instance ends in the state the saved one had). ValueError, and nothing
+        changed, for a state that is not one this server could have saved."""
+        try:
+            step, attempt, start = (_count(state[k]) for k in ("step", "attempt", "history_start"))
+            synced = {_client(c, self.synced): _count(s) for c, s in state["synced"]}
+            active = {_client(c, self.synced) for c in state["active"]}
+            online = {_client(c, self.synced) for c in state["online"]}
+            late = {_client(c, self.synced): _count(s) for c, s in state["late"]}
+            checksums = {_count(s): {_client(c, self.synced): bytes.fromhex(d) for c, d in seen}
+                         for s, seen in state["checksums"]}
+            stragglers, secret = _count(state["stragglers"]), _seed("secret", state["secret"])
+            counter = state["counter"]
+        except KeyError as exc:
+            raise ValueError(f"not a saved server state: it has no {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a saved server state: {exc}") from None
+        if set(synced) != set(self.synced) or start > step or len(downs) != step:
+            raise ValueError(f"the server state (step {step}, {len(synced)} clients) does not fit this server "
+                             f"({len(self.synced)} clients) and the {len(downs)} broadcasts given")
         for t, down in enumerate(downs):
             self.strategy.ops(t, down)
-        self.step, self.attempt, self.history_start = state["step"], state["attempt"], state["history_start"]
-        self.history = list(downs[self.history_start:])
-        self.synced = {c: s for c, s in state["synced"]}
-        self.active, self.online = set(state["active"]), set(state["online"])
-        self.stragglers, self.mismatches = state["stragglers"], list(state["mismatches"])
-        self.counter.load_state_dict(state["counter"])
+        self.step, self.attempt, self.history_start = step, attempt, start
+        self.history = list(downs[start:])
+        self.synced, self.active, self.online, self.late = synced, active, online, late
+        self.checksums, self.stragglers, self.secret = checksums, stragglers, secret
+        self.counter.load_state_dict(counter)
 
     # ------------------------------------------------------------ replica checksums
 
     def checksum(self, client: int, frame: bytes) -> bool:
-        """Compare a replica's digest with the others reported for the same step; False on a mismatch."""
+        """Record a replica's digest for its step (at most the server's step, at least CHECKSUM_WINDOW steps
+        back); True if it is the digest a strict majority of that step's reports share so far (a first report
+        agrees with itself), False if not. A client reports once per step (again only with the same digest)."""
         self._check_client(client)
-        msg = self.counter.receive(client, "up", frame)
-        if not isinstance(msg, Checksum):
-            raise ValueError(f"expected a Checksum message, got {type(msg).__name__}")
+        msg = self._decode(client, frame, Checksum, 1)
+        if msg.step > self.step:
+            raise ValueError(f"client {client} reported a checksum for step {msg.step}, but the run is at step "
+                             f"{self.step}: no replica can be there yet")
+        if msg.step < self.step - CHECKSUM_WINDOW:
+            raise ValueError(f"client {client} reported a checksum for step {msg.step}; only the last "
+                             f"{CHECKSUM_WINDOW} steps (from {self.step - CHECKSUM_WINDOW}) are compared")
         seen = self.checksums.setdefault(msg.step, {})
+        if seen.get(client, msg.digest) != msg.digest:
+            raise ValueError(f"client {client} already reported another checksum for step {msg.step}")
         seen[client] = msg.digest
-        for old in [s for s in self.checksums if s < msg.step - 1000]:  # bounded: only recent steps compare
+        return _majority(seen) == msg.digest
+
+    def _prune_checksums(self) -> None:
+        for old in [s for s in self.checksums if s < self.step - CHECKSUM_WINDOW]:
             del self.checksums[old]
-        reference = next(iter(seen.values()))
-        if msg.digest != reference:
-            self.mismatches.append(dict(step=msg.step, client=client, differs_from=next(iter(seen))))
-            return False
-        return True
+
+    @property
+    def mismatches(self) -> list[dict]:
+        """Replicas whose digest differs from their step's majority: dict(step, client, majority), majority the
+        clients that hold the majority digest, or None while that step's digests have no strict majority."""
+        out = []
+        for step, seen in sorted(self.checksums.items()):
+            ref = _majority(seen)
+            agree = sorted(c for c, d in seen.items() if d == ref) if ref is not None else None
+            out += [dict(step=step, client=c, majority=agree) for c, d in sorted(seen.items()) if d != ref]
+        return out
+
+
+def _majority(seen: dict[int, bytes]) -> bytes | None:
+    """The digest more than half of the reports share, or None."""
+    digest, n = Counter(seen.values()).most_common(1)[0]
+    return digest if 2 * n > len(seen) else None
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _client(value, clients: dict) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in clients:
+        raise ValueError(f"unknown client {value!r}")
+    return value

@@ -177,7 +177,8 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
     server_strategy, strategy = cfg.make_strategy(), cfg.make_strategy()
     counter = ByteCounter()
     server = ParameterServer(server_strategy, cfg.clients, participation=cfg.participation, quorum=cfg.quorum,
-                             deadline=cfg.deadline, secret=derive_seed(cfg.seed, _SECRET), counter=counter)
+                             deadline=cfg.deadline, sampling_seed=derive_seed(cfg.seed, _SECRET),
+                             secret=cfg.server_secret, counter=counter)  # None: private, os.urandom
     replica = Replica(model, eps=cfg.eps, dist=cfg.dist, keep_base=isinstance(strategy, strategies.FedKSeed))
     parts = split_clients(task, cfg)
     byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))

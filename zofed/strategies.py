@@ -5,8 +5,13 @@ One step of any strategy:
 
     seed   = strategy.seed_for(step, client)          # from the schedule: no seed bytes need travel
     up     = strategy.up(step, client, projection)    # the client's message (1 bit for FeedSign)
-    down   = strategy.aggregate(step, {client: up})   # the server's broadcast (1 bit for FeedSign)
+    down   = strategy.aggregate(step, {client: up}, secret)  # the server's broadcast (1 bit for FeedSign)
     ops    = strategy.ops(step, down)                 # what every replica applies, in order
+
+`secret` is the server's private seed (DP-FeedSign's mechanism); no client may know it. A strategy with
+local steps (FedKSeed, local_steps = H > 1) has its client take H steps from the round's weights, with the
+seeds seed_for(step, client, h), and answer all H projections in one message; `reply_shape()` is the type
+and number of entries of a valid reply, which the server checks from the frame header before decoding.
 
 `ops` are ("update", seeds, coeffs): w += sum_k coeff_k z(seed_k), or ("rebuild", seeds, coeffs):
 w = base + sum_k coeff_k z(seed_k). Every party calls `ops` once per step, in step order, on its own
@@ -17,7 +22,9 @@ float32 once by the kernels, identically everywhere.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 
 from . import aggregate as agg
 from .seeds import SHARED, pool_seed, step_seed, unit
@@ -37,11 +44,35 @@ def _one(msg: Message, kind: type, step: int, what: str):
     return msg
 
 
+class Steps(Sequence):
+    """The per-step broadcasts inside a catch-up message, made one at a time on demand: a history of millions
+    of steps stays the size of its message until someone iterates it."""
+
+    def __init__(self, n: int, make):
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"step {i} of {self._n}")
+        return self._make(i)
+
+    def __iter__(self):
+        return map(self._make, range(self._n))
+
+
 class Strategy:
     """The interface every strategy implements; see the module docstring for the step."""
 
     name = ""
     shared_seed = True  # every client evaluates the same seed at a step (a simulator may batch their forwards)
+    local_steps = 1  # steps a client takes from the round's weights before answering
 
     def __init__(self, *, lr: float, run_seed: int):
         if not (lr > 0 and math.isfinite(lr)):
@@ -49,7 +80,7 @@ class Strategy:
         step_seed(run_seed, 0)  # validates the run seed
         self.lr, self.run_seed = float(lr), run_seed
 
-    def seed_for(self, step: int, client: int) -> int:
+    def seed_for(self, step: int, client: int, local: int = 0) -> int:
         return step_seed(self.run_seed, step)
 
     def config(self) -> dict:
@@ -59,12 +90,16 @@ class Strategy:
     def up(self, step: int, client: int, projection: float, byzantine: bool = False) -> Message:
         raise NotImplementedError
 
+    def reply_shape(self) -> tuple[type, int]:
+        """The message type of a client's reply and its number of entries (fixed per strategy)."""
+        raise NotImplementedError
+
     def check(self, step: int, client: int, msg: Message):
         """The content of a client's reply (a sign, a value, a (seed, value) pair); ValueError naming the
         problem if it is not a valid reply to this step. The server checks replies as they arrive."""
         raise NotImplementedError
 
-    def aggregate(self, step: int, ups: dict[int, Message], secret: int = 0) -> Message:
+    def aggregate(self, step: int, ups: dict[int, Message], secret: int | None = None) -> Message:
         raise NotImplementedError
 
     def ops(self, step: int, down: Message) -> list[tuple]:
@@ -74,7 +109,7 @@ class Strategy:
         """One catch-up message carrying the broadcasts of consecutive steps from first_step."""
         raise NotImplementedError
 
-    def steps_of(self, history: Message) -> list[Message]:
+    def steps_of(self, history: Message) -> Sequence[Message]:
         """The per-step broadcasts inside a catch-up message (the inverse of history())."""
         raise NotImplementedError
 
@@ -89,36 +124,41 @@ class FeedSign(Strategy):
         sign = 1 if projection >= 0 else -1  # a zero projection (flat loss) votes +1, as sign() >= 0 would
         return Votes(step, (-sign if byzantine else sign,))  # a Byzantine client always reverses
 
+    def reply_shape(self):
+        return Votes, 1
+
     def check(self, step, client, msg):
         m = _one(msg, Votes, step, f"client {client}")
-        if len(m.signs) != 1:
-            raise ValueError(f"client {client} sent {len(m.signs)} votes for one step")
+        if m.count != 1:
+            raise ValueError(f"client {client} sent {m.count} votes for one step")
         return m.signs[0]
 
     def _signs(self, step, ups):
         return [self.check(step, c, m) for c, m in sorted(ups.items())]
 
-    def aggregate(self, step, ups, secret=0):
+    def aggregate(self, step, ups, secret=None):
         return Votes(step, (agg.majority_sign(self._signs(step, ups), step_seed(self.run_seed, step, SHARED, _TIE)),))
 
     def ops(self, step, down):
-        sign = _one(down, Votes, step, "broadcast").signs
-        if len(sign) != 1:
-            raise ValueError(f"a FeedSign broadcast carries one sign, got {len(sign)}")
-        return [("update", (self.seed_for(step, SHARED),), (-self.lr * sign[0],))]
+        m = _one(down, Votes, step, "broadcast")
+        if m.count != 1:
+            raise ValueError(f"a FeedSign broadcast carries one sign, got {m.count}")
+        return [("update", (self.seed_for(step, SHARED),), (-self.lr * m.signs[0],))]
 
     def history(self, first_step, downs):
-        return Votes(first_step, tuple(d.signs[0] for d in downs))
+        return Votes(first_step, [d.signs[0] for d in downs])
 
     def steps_of(self, history):
         if not isinstance(history, Votes):
             raise ValueError(f"a FeedSign history is a Votes message, got {type(history).__name__}")
-        return [Votes(history.first_step + i, (s,)) for i, s in enumerate(history.signs)]
+        signs, first = history.signs, history.first_step
+        return Steps(len(signs), lambda i: Votes(first + i, (signs[i],)))
 
 
 class DPFeedSign(FeedSign):
     """feedsign.txt Definition 3: the broadcast sign is drawn by the exponential mechanism with privacy
-    budget epsilon. Its randomness comes from the server's secret, which clients never see."""
+    budget epsilon. Its randomness comes from the server's secret, which clients never see: a client that
+    knew it could recompute the mechanism's coin and undo the privacy."""
 
     name = "dp-feedsign"
 
@@ -131,13 +171,20 @@ class DPFeedSign(FeedSign):
     def config(self):
         return {"dp_epsilon": self.epsilon}
 
-    def aggregate(self, step, ups, secret=0):
+    def aggregate(self, step, ups, secret=None):
+        if secret is None:
+            raise ValueError("DP-FeedSign's mechanism needs the server's private secret (aggregate(..., secret=))")
         return Votes(step, (agg.dp_sign(self._signs(step, ups), self.epsilon, step_seed(secret, step)),))
 
 
-def _random_projection(run_seed: int, step: int, client: int, scale: float) -> float:
+def _local(*parts: int, local: int) -> tuple[int, ...]:
+    """Hash parts for local step `local`; local step 0 hashes as before local steps existed (same runs)."""
+    return parts + ((local,) if local else ())
+
+
+def _random_projection(run_seed: int, step: int, client: int, scale: float, local: int = 0) -> float:
     """A Byzantine client's projection: uniform in [-scale, scale], hashed (the paper's "random number")."""
-    return scale * (2 * unit(run_seed, step, client, _BYZANTINE) - 1)
+    return scale * (2 * unit(*_local(run_seed, step, client, _BYZANTINE, local=local)) - 1)
 
 
 class ZOFedSGD(Strategy):
@@ -162,33 +209,49 @@ class ZOFedSGD(Strategy):
     def config(self):
         return {"aggregator": self.aggregator, "trim": self.trim}
 
-    def seed_for(self, step, client):
-        return step_seed(self.run_seed, step, SHARED if self.shared_seed else client)
+    def seed_for(self, step, client, local=0):
+        return step_seed(self.run_seed, step, SHARED if self.shared_seed else client, local)
+
+    def reply_shape(self):
+        return (Scalars, 1) if self.shared_seed else (SeedScalars, self.local_steps)
 
     def up(self, step, client, projection, byzantine=False):
-        p = _random_projection(self.run_seed, step, client, self.byzantine_scale) if byzantine else projection
+        """projection: the client's projection, or with local steps the sequence of its local steps' ones."""
+        h = self.local_steps
+        values = tuple(projection) if isinstance(projection, Sequence) else (projection,)
+        if len(values) != h:
+            raise ValueError(f"{self.name} with {h} local step(s) answers {h} projection(s), got {len(values)}")
+        if byzantine:
+            values = tuple(_random_projection(self.run_seed, step, client, self.byzantine_scale, k) for k in range(h))
         if self.shared_seed:
-            return Scalars(step, (p,))
-        return SeedScalars(step, (self.seed_for(step, client),), (p,))
+            return Scalars(step, values)
+        return SeedScalars(step, tuple(self.seed_for(step, client, k) for k in range(h)), values)
 
     def check(self, step, client, msg):
+        """The reply's value (robust aggregators), or its (seed, value) pairs, one per local step."""
         if self.shared_seed:
             m = _one(msg, Scalars, step, f"client {client}")
             if len(m.values) != 1:
                 raise ValueError(f"client {client} sent {len(m.values)} projections for one step")
             return m.values[0]
         m = _one(msg, SeedScalars, step, f"client {client}")
-        if m.seeds != (self.seed_for(step, client),):
+        expected = tuple(self.seed_for(step, client, k) for k in range(self.local_steps))
+        if m.seeds != expected:
             raise ValueError(f"client {client} sent seed(s) {m.seeds} at step {step}; the schedule gives "
-                             f"{self.seed_for(step, client)}")
-        return m.seeds[0], m.values[0]
+                             f"{expected if len(expected) > 1 else expected[0]}")
+        return tuple(zip(m.seeds, m.values))
 
-    def aggregate(self, step, ups, secret=0):
-        got = [self.check(step, c, m) for c, m in sorted(ups.items())]
+    def aggregate(self, step, ups, secret=None):
+        got = {c: self.check(step, c, m) for c, m in sorted(ups.items())}
         if not self.shared_seed:
-            return StepUpdates(step, (tuple(got),))
-        robust = agg.median(got) if self.aggregator == "median" else agg.trimmed_mean(got, self.trim)
+            return StepUpdates(step, (tuple(pair for pairs in self._weighted(got).values() for pair in pairs),))
+        values = list(got.values())
+        robust = agg.median(values) if self.aggregator == "median" else agg.trimmed_mean(values, self.trim)
         return Scalars(step, (robust,))
+
+    def _weighted(self, got: dict) -> dict:
+        """The pairs each client contributes to the mean (FedKSeed may weigh them by data size)."""
+        return got
 
     def ops(self, step, down):
         if self.shared_seed:
@@ -197,9 +260,11 @@ class ZOFedSGD(Strategy):
                 raise ValueError(f"a robust broadcast carries one scalar, got {len(value)}")
             return [("update", (self.seed_for(step, SHARED),), (-self.lr * value[0],))]
         (pairs,) = _one(down, StepUpdates, step, "broadcast").steps
-        if not pairs:
-            raise ValueError(f"the broadcast of step {step} has no projections")
-        return [("update", tuple(s for s, _ in pairs), tuple(-self.lr * v / len(pairs) for _, v in pairs))]
+        if not pairs or len(pairs) % self.local_steps:
+            raise ValueError(f"the broadcast of step {step} has {len(pairs)} projections; it needs a positive multiple "
+                             f"of {self.local_steps} (one per local step of each client)")
+        clients = len(pairs) // self.local_steps  # the mean is over clients; a client's local steps add up
+        return [("update", tuple(s for s, _ in pairs), tuple(-self.lr * v / clients for _, v in pairs))]
 
     def history(self, first_step, downs):
         if self.shared_seed:
@@ -246,62 +311,133 @@ class Broadcasts(Strategy):
 
 
 class FedKSeed(ZOFedSGD):
-    """FedKSeed: seeds restricted to a pool of `pool_size` candidates fixed for the run; every party keeps
-    one accumulated coefficient per candidate. Every `rebase_every` steps all replicas rebuild
-    w = base + sum_j A_j z_j from the base weights, so a client that missed more than the server's
-    history catches up exactly with K accumulators plus the broadcasts since the last rebuild.
-    sampling="importance" draws candidates with probability proportional to |A_j| + mean_j |A_j|
-    (candidates that moved the model more are tried more; the mean keeps every candidate reachable)."""
+    """FedKSeed (Qin et al. 2024, "Federated full-parameter tuning of billion-sized language models with
+    communication cost under 18 kilobytes"): seeds restricted to a pool of K = `pool_size` candidates fixed
+    for the run; every party keeps one accumulated coefficient A_j per candidate. Every `rebase_every` steps
+    all replicas rebuild w = base + sum_j A_j z_j from the base weights, so a client that missed more than the
+    server's history catches up exactly with the pool state plus the broadcasts since the last rebuild.
+
+    sampling="importance" is FedKSeed's probability-differentiated seed sampling (its "FedKSeed-Pro"): the
+    importance of candidate j is the mean of |clip(g, -clip, clip)| over its history, the scalar gradients g
+    broadcast for it so far after an initial 0 (FedKSeed's grad_initial; clip: its bias_loss_clip, default
+    1000); importances are min-max normalized to [0, 1] and p = softmax(normalized). So max p / min p <= e,
+    and gradients of opposite signs add to a candidate's importance instead of cancelling. The probabilities
+    change only with the broadcasts, so every party computes the same ones.
+
+    local_steps=H: each client takes H ZO-SGD steps from the round's weights (seeds drawn with the round's
+    probabilities), answers its H (seed, g) pairs, and the round's update is the mean over clients of each
+    client's summed local steps. data_sizes: FedKSeed's data-size client weights (the server's option; the
+    default weighs clients equally): the server scales each client's values by n_clients * size / total size
+    of the clients that answered, so the replicas' mean becomes the data-weighted mean. With data-size
+    weights the importance history holds those scaled values."""
 
     name = "fedkseed"
+    SAMPLINGS = ("uniform", "importance")
 
     def __init__(self, *, lr, run_seed, pool_size: int = 64, sampling: str = "uniform", rebase_every: int = 100,
-                 byzantine_scale: float = 100.0):
+                 byzantine_scale: float = 100.0, local_steps: int = 1, clip: float = 1000.0,
+                 data_sizes: Sequence[int] | None = None):
         super().__init__(lr=lr, run_seed=run_seed, byzantine_scale=byzantine_scale)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 1 <= pool_size <= 1 << 16:
             raise ValueError(f"pool_size must be an integer in [1, 65536], got {pool_size!r}")
-        if sampling not in ("uniform", "importance"):
-            raise ValueError(f"sampling must be 'uniform' or 'importance', got {sampling!r}")
+        if sampling not in self.SAMPLINGS:
+            raise ValueError(f"sampling must be one of {self.SAMPLINGS}, got {sampling!r}")
         if isinstance(rebase_every, bool) or not isinstance(rebase_every, int) or rebase_every < 1:
             raise ValueError(f"rebase_every must be a positive integer, got {rebase_every!r}")
+        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or not 1 <= local_steps <= 1 << 16:
+            raise ValueError(f"local_steps must be an integer in [1, 65536], got {local_steps!r}")
+        if not (clip > 0 and math.isfinite(clip)):
+            raise ValueError(f"clip must be a positive finite number, got {clip}")
+        if data_sizes is not None and not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                              for n in data_sizes):
+            raise ValueError(f"data_sizes must be positive integers (examples per client), got {data_sizes!r}")
         self.pool = tuple(pool_seed(run_seed, j) for j in range(pool_size))
         self.index = {s: j for j, s in enumerate(self.pool)}
-        self.sampling, self.rebase_every = sampling, rebase_every
+        self.sampling, self.rebase_every, self.local_steps, self.clip = sampling, rebase_every, local_steps, float(clip)
+        self.data_sizes = None if data_sizes is None else tuple(data_sizes)
         self.acc = [0.0] * pool_size
-        # the accumulators before the first step after the last rebuild: what a client that missed more
-        # than the server's history receives, followed by the broadcasts since
-        self.checkpoint = PoolState(0, tuple(self.acc))
+        self.abs_sum = [0.0] * pool_size  # sum of |clip(g)| over each candidate's history (the initial 0 included)
+        self.uses = [1] * pool_size  # history lengths, the initial value included
+        self._cdf: list[float] | None = None
+        # the pool state before the first step after the last rebuild: what a client that missed more than the
+        # server's history receives, followed by the broadcasts since
+        self.checkpoint = PoolState(0, self._state())
 
     def config(self):
-        return {"pool_size": len(self.pool), "sampling": self.sampling, "rebase_every": self.rebase_every}
+        return {"pool_size": len(self.pool), "sampling": self.sampling, "rebase_every": self.rebase_every,
+                "local_steps": self.local_steps}
 
-    def seed_for(self, step, client):
-        u = unit(self.run_seed, step, client, _PICK)
+    def probabilities(self) -> list[float]:
+        """Each candidate's sampling probability for the next step."""
+        if self.sampling == "uniform":
+            return [1 / len(self.pool)] * len(self.pool)
+        weights = self._weights()
+        total = math.fsum(weights)
+        return [w / total for w in weights]
+
+    def _weights(self) -> list[float]:
+        """exp(min-max normalized importance): the softmax's numerators."""
+        psi = [a / n for a, n in zip(self.abs_sum, self.uses)]
+        lo, hi = min(psi), max(psi)
+        return [math.exp((v - lo) / (hi - lo)) if hi > lo else 1.0 for v in psi]
+
+    def seed_for(self, step, client, local=0):
+        u = unit(*_local(self.run_seed, step, client, _PICK, local=local))
         if self.sampling == "uniform":
             return self.pool[min(int(u * len(self.pool)), len(self.pool) - 1)]
-        floor = math.fsum(abs(a) for a in self.acc) / len(self.acc)
-        weights = [abs(a) + floor for a in self.acc] if floor > 0 else [1.0] * len(self.acc)
-        target, running = u * math.fsum(weights), 0.0
-        for seed, w in zip(self.pool, weights):
-            running += w
-            if target < running:
-                return seed
-        return self.pool[-1]
+        if self._cdf is None:
+            running, self._cdf = 0.0, []
+            for w in self._weights():
+                running += w
+                self._cdf.append(running)
+        return self.pool[min(bisect.bisect_right(self._cdf, u * self._cdf[-1]), len(self.pool) - 1)]
+
+    def _weighted(self, got):
+        if self.data_sizes is None:
+            return got
+        if max(got) >= len(self.data_sizes):
+            raise ValueError(f"client {max(got)} has no data size (data_sizes covers {len(self.data_sizes)} clients)")
+        total = sum(self.data_sizes[c] for c in got)
+        return {c: tuple((s, v * (len(got) * self.data_sizes[c] / total)) for s, v in pairs)
+                for c, pairs in got.items()}
 
     def ops(self, step, down):
         (update,) = super().ops(step, down)
-        for seed, coeff in zip(update[1], update[2]):
-            self.acc[self.index[seed]] += coeff
+        (pairs,) = down.steps
+        for (seed, value), coeff in zip(pairs, update[2]):
+            j = self.index.get(seed)
+            if j is None:
+                raise ValueError(f"the broadcast of step {step} holds seed {seed}, which is not in the pool")
+            self.acc[j] += coeff
+            self.abs_sum[j] += min(abs(value), self.clip)
+            self.uses[j] += 1
+        self._cdf = None
         if (step + 1) % self.rebase_every == 0:  # the rebuild supersedes this step's update
-            self.checkpoint = PoolState(step + 1, tuple(self.acc))
-            return [("rebuild", self.pool, self.checkpoint.values)]
+            self.checkpoint = PoolState(step + 1, self._state())
+            return [("rebuild", self.pool, tuple(self.acc))]
         return [update]
+
+    def _state(self) -> tuple[float, ...]:
+        """What a PoolState carries: the K accumulators, then for importance sampling the K history sums and
+        the K history lengths (float64 holds them exactly up to 2**53)."""
+        extra = self.abs_sum + [float(n) for n in self.uses] if self.sampling == "importance" else []
+        return tuple(self.acc + extra)
 
     def load(self, state: PoolState) -> list[tuple]:
         """Adopt a PoolState; the op rebuilds the replica at that point."""
-        if len(state.values) != len(self.pool):
-            raise ValueError(f"pool state has {len(state.values)} accumulators, the pool has {len(self.pool)}")
-        self.acc = list(state.values)
+        k = len(self.pool)
+        parts = 3 if self.sampling == "importance" else 1
+        if len(state.values) != parts * k:
+            raise ValueError(f"pool state has {len(state.values)} values, a pool of {k} with {self.sampling} "
+                             f"sampling has {parts * k}")
+        values = list(state.values)
+        if parts == 3:
+            sums, uses = values[k:2 * k], values[2 * k:]
+            if not all(v >= 0 for v in sums) or not all(n >= 1 and n == int(n) for n in uses):
+                raise ValueError("pool state: history sums must be >= 0 and history lengths whole numbers >= 1")
+            self.abs_sum, self.uses = sums, [int(n) for n in uses]
+        self.acc = values[:k]
+        self._cdf = None
         return [("rebuild", self.pool, tuple(self.acc))]
 
 

@@ -8,11 +8,12 @@ pseudo-gradient with FedAvg (w += server_lr * (avg - w)) or FedAdam. At the pivo
 the warmed-up weights once. Rounds N..N+M-1: each sampled client (high or low) takes ONE step's worth of
 probes on its whole local data: S seeds from the schedule (step_seed(run, round, client, s): the
 server's seeds, never sent), z = tau * Rademacher, uploads the S differences L(w + eps z) - L(w - eps z)
-(32 bits each); the server broadcasts the gathered list as (seed, coefficient) pairs, coefficient
-p_j / S * tau * dL / (2 eps) (p_j: the client's share of the sampled data), so the pairs sum to the
-gradient estimate g; every client applies it with the server optimizer: FedAvg w -= server_lr * lr * g,
-or FedAdam on the pseudo-gradient -lr * g (its moments restart at the pivot: the low-resource clients
-never saw the warm-up's).
+(32 bits each); the server broadcasts the gathered list as (seed, coefficient) pairs whose sum is the
+gradient estimate g. zo_update = "sum" (default) is Algorithm 1's line 31, g = sum over the |Q| * S
+probes of tau * dL / (2 eps) * r (coefficient tau * dL / (2 eps)); "data-mean" weighs each probe by
+p_j / S (p_j: its client's share of the sampled data), a mean about |Q| * S times smaller. Every client
+applies g with the server optimizer: FedAvg w -= server_lr * zo_lr * g, or FedAdam on the pseudo-gradient
+-zo_lr * g (its moments restart at the pivot: the low-resource clients never saw the warm-up's).
 
 `high_res_only=True` is the paper's High-Res-Only baseline: the low-resource clients are left out and
 every round is a first-order round of the high-resource tier.
@@ -28,11 +29,11 @@ import math
 import numpy as np
 import torch
 
-from .client import Replica, flat_weights, from_dense, load_flat, to_dense
+from .client import Replica, dense_frame_bytes, flat_weights, from_dense, load_flat, to_dense
 from .configs import ZOWarmUpConfig
 from .data import dirichlet_split, iid_split
 from .seeds import step_seed, unit
-from .wire import ByteCounter, Scalars, StepUpdates, decode
+from .wire import MAX_FRAME_BYTES, ByteCounter, Scalars, StepUpdates, decode
 
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-3)  # FedAdam's moments and adaptivity (Reddi et al.'s tau)
 _TIER, _SAMPLE = 0x71E2, 0x5A3
@@ -67,6 +68,7 @@ class ZOWarmUp:
                       dirichlet_split(task.labels, cfg.clients, cfg.dirichlet, seed=cfg.seed, min_size=1))
         self.high = high_tier(cfg)
         self.counter = ByteCounter()
+        self.max_bytes = max(MAX_FRAME_BYTES, dense_frame_bytes(self.params))  # what a party accepts (dense weights)
         self.adam: list[torch.Tensor] | None = None  # FedAdam's (m, v), flat
         self.replica: Replica | None = None  # made at the pivot: the ZO rounds' seeded perturbations
         self.round = 0
@@ -87,6 +89,10 @@ class ZOWarmUp:
         self.round += 1
         return dict(step=self.round, loss=loss, answered=len(picked), phase=self.phase(t))
 
+    def _exchange(self, client: int, direction: str, msg):
+        """msg as it arrives at the other end: encoded, counted, decoded."""
+        return decode(self.counter.send(client, direction, msg), max_bytes=self.max_bytes)
+
     def _server_step(self, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The server optimizer on a pseudo-gradient `delta` (the change the clients propose)."""
         if self.cfg.server_opt == "fedavg":
@@ -104,14 +110,14 @@ class ZOWarmUp:
         w = flat_weights(self.params).clone()
         uploads, sizes, losses = [], [], []
         for c in picked:
-            start = decode(self.counter.send(c, "down", to_dense(t, w)))
+            start = self._exchange(c, "down", to_dense(t, w))
             load_flat(self.params, from_dense(start))
             losses.append(self._local_sgd(t, c))
             if not math.isfinite(losses[-1]):
                 load_flat(self.params, w)
                 raise FloatingPointError(f"non-finite loss for client {c} in round {t}; the weights were left "
                                          "as the round began (lower fo_lr)")
-            uploads.append(from_dense(decode(self.counter.send(c, "up", to_dense(t, flat_weights(self.params))))))
+            uploads.append(from_dense(self._exchange(c, "up", to_dense(t, flat_weights(self.params)))))
             sizes.append(len(self.parts[c]))
         avg = sum(s / sum(sizes) * u.double() for s, u in zip(sizes, uploads)).float()
         load_flat(self.params, self._server_step(w, avg - w))
@@ -139,7 +145,7 @@ class ZOWarmUp:
         if t == cfg.warmup_rounds:  # the pivot: every client receives the warmed-up weights once
             pivot = to_dense(t, flat_weights(self.params))
             for c in range(cfg.clients):
-                decode(self.counter.send(c, "down", pivot))
+                self._exchange(c, "down", pivot)
         picked = sample(cfg, t, list(range(cfg.clients)))
         n = sum(len(self.parts[c]) for c in picked)
         pairs, losses = [], []
@@ -153,12 +159,12 @@ class ZOWarmUp:
                     raise FloatingPointError(f"non-finite loss for client {c} in round {t}; weights unchanged")
                 diffs.append(float(plus) - float(minus))
                 losses.append((float(plus) + float(minus)) / 2)
-            up = decode(self.counter.send(c, "up", Scalars(t, tuple(diffs))))
-            share = len(self.parts[c]) / n / cfg.perturbations
+            up = self._exchange(c, "up", Scalars(t, tuple(diffs)))
+            share = 1.0 if cfg.zo_update == "sum" else len(self.parts[c]) / n / cfg.perturbations
             pairs += [(s, share * cfg.tau * d / (2 * cfg.eps)) for s, d in zip(seeds, up.values)]
         down = StepUpdates(t, (tuple(pairs),))
         for c in range(cfg.clients):  # every client, sampled or not, applies the gathered list
-            received = decode(self.counter.send(c, "down", down))
+            received = self._exchange(c, "down", down)
         self._zo_update(received.steps[0])
         return sum(losses) / len(losses), picked
 
