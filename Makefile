@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXT_SRC := csrc/zo_kernels.cpp csrc/zo_noise.h setup.py
+EXT_SRC := $(wildcard csrc/*.cpp csrc/*.h) setup.py
 
 .PHONY: demo test bench bench-kernels bench-step finetune fed-results zowarmup-table build clean
 
