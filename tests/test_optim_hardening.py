@@ -240,7 +240,7 @@ def test_loss_must_be_a_scalar():
 def test_bad_parameters_and_seed_are_named_at_construction():
     model = OPTStyle()
     model.fc1.weight = nn.Parameter(torch.randn(6, 16).t())
-    with pytest.raises(ValueError, match="'fc1.weight' is not a contiguous"):
+    with pytest.raises(ValueError, match="parameter 'fc1.weight' is not contiguous"):
         zokernels.ZOSGD(model)
     with pytest.raises(ValueError, match=r"seed = -1 is out of range"):
         zokernels.ZOSGD(OPTStyle(), seed=-1)
@@ -254,7 +254,7 @@ def test_bad_parameters_and_seed_are_named_at_construction():
 
     m = OPTStyle()
     m.fc2.bias = nn.Parameter(torch.zeros(1).as_subclass(Sub))
-    with pytest.raises(TypeError, match="'fc2.bias' is a Sub, a tensor subclass"):
+    with pytest.raises(TypeError, match="parameter 'fc2.bias' is a Sub, a torch.Tensor subclass"):
         zokernels.ZOSGD(m)
 
 

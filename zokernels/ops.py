@@ -167,28 +167,33 @@ def _check_tensors(tensors, what: str = "tensors") -> list[torch.Tensor]:
         raise TypeError(f"{what} must be a tensor or a sequence of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
     for i, t in enumerate(tensors):
-        name = f"{what}[{i}]"
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} is a {type(t).__name__}, not a torch.Tensor")
-        # type(), not isinstance: a DTensor wrapped in nn.Parameter passes isinstance(t, nn.Parameter)
-        if type(t) is not torch.Tensor and not issubclass(type(t), torch.nn.Parameter):
-            raise TypeError(
-                f"{name} is a {type(t).__name__}, a torch.Tensor subclass: the kernels write a plain tensor's memory, "
-                "which a subclass may not have or may lay out differently. Pass the local data (a DTensor's "
-                "to_local(), with its global element offset in offsets=)")
-        if t.device.type == "meta":
-            raise ValueError(f"{name} is a meta tensor and has no data; materialize it first "
-                             "(e.g. module.to_empty(device=...) and load the weights)")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
-        if t.layout != torch.strided:
-            raise TypeError(f"{name} has layout {t.layout}; only dense (strided) tensors are supported")
-        if not t.is_contiguous():
-            raise ValueError(f"{name} is not contiguous (shape {tuple(t.shape)}, stride {t.stride()}): the "
-                             "noise is defined on the row-major element index, so pass contiguous tensors")
+        check_tensor(t, f"{what}[{i}]")
         if t.device != tensors[0].device:
-            raise ValueError(f"{name} is on {t.device} but {what}[0] is on {tensors[0].device}")
+            raise ValueError(f"{what}[{i}] is on {t.device} but {what}[0] is on {tensors[0].device}")
     return tensors
+
+
+def check_tensor(t, name: str) -> None:
+    """Refuse, naming it, a tensor the kernels cannot read and write (the optimizers check parameters
+    with this at construction)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} is a {type(t).__name__}, not a torch.Tensor")
+    # type(), not isinstance: a DTensor wrapped in nn.Parameter passes isinstance(t, nn.Parameter)
+    if type(t) is not torch.Tensor and not issubclass(type(t), torch.nn.Parameter):
+        raise TypeError(
+            f"{name} is a {type(t).__name__}, a torch.Tensor subclass: the kernels write a plain tensor's memory, "
+            "which a subclass may not have or may lay out differently. Pass the local data (a DTensor's "
+            "to_local(), with its global element offset in offsets=)")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor and has no data; materialize it first "
+                         "(e.g. module.to_empty(device=...) and load the weights)")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} has layout {t.layout}; only dense (strided) tensors are supported")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (shape {tuple(t.shape)}, stride {t.stride()}): the "
+                         "noise is defined on the row-major element index, so pass contiguous tensors")
 
 
 def _per_tensor(values, n: int, what: str, default=None) -> list:

@@ -117,22 +117,6 @@ def _named_groups(params, weight_decay: float) -> tuple[nn.Module | None, list[d
     return None, groups
 
 
-def _check_param(name: str, p: torch.Tensor) -> None:
-    """Refuse, at construction and by name, a parameter the kernels cannot update."""
-    if type(p.data) is not torch.Tensor:
-        raise TypeError(f"parameter {name!r} is a {type(p.data).__name__}, a tensor subclass the ZO kernels do "
-                        "not understand (DTensor shards, quantized or fake tensors): pass plain tensors")
-    if p.device.type == "meta":
-        raise ValueError(f"parameter {name!r} is on the meta device and has no data; materialize the model first "
-                         "(e.g. model.to_empty(device=...) and load the weights)")
-    if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"parameter {name!r} has dtype {p.dtype}; ZO updates support float32, bfloat16, float16")
-    if p.layout != torch.strided or not p.is_contiguous():
-        raise ValueError(f"parameter {name!r} is not a contiguous dense tensor (shape {tuple(p.shape)}, stride "
-                         f"{p.stride()}): the noise is defined on the row-major element index; make it contiguous "
-                         "(e.g. p.data = p.data.contiguous()) before building the optimizer")
-
-
 def _f32(value: float, what: str) -> float:
     """value, refused unless it is finite as a float32 (the kernels' arithmetic): 1e39 is inf there."""
     try:
@@ -368,7 +352,7 @@ class ZOSGD(torch.optim.Optimizer):
             g["names"] = [n for n, _ in named]
             g["params"] = [p for _, p in named]
             for n, p in named:
-                _check_param(n, p)
+                ops.check_tensor(p, f"parameter {n!r}")  # here, not at the first step
                 key = param_key(n)
                 if names_of_key.get(key, normalize_name(n)) != normalize_name(n):
                     raise ValueError(f"parameters {names_of_key[key]!r} and {n!r} hash to the same noise key; "
