@@ -5,8 +5,6 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
 from zofed import orbit as orbits
@@ -86,33 +84,12 @@ def test_version_and_config_errors():
     with pytest.raises(orbits.OrbitError, match="bad magic"):
         orbits.from_bytes(b"PK\x03\x04" + bytes(data[4:]))
     wrong_steps = orbits.Orbit(dict(VADER_CONFIG, steps=99), "ab" * 32, "cd" * 32, Votes(0, (1,) * 100))
-    with pytest.raises(orbits.OrbitError, match="holds 100 steps, the config says 99"):
+    with pytest.raises(orbits.OrbitError, match="holds 100 steps from step 0, the config says 99"):
         orbits.from_bytes(orbits.to_bytes(wrong_steps))
     bad_strategy = orbits.Orbit(dict(VADER_CONFIG, strategy="fedsomething", steps=1), "ab" * 32, "cd" * 32,
                                 Votes(0, (1,)))
-    with pytest.raises(orbits.OrbitError, match="unknown strategy"):
+    with pytest.raises(orbits.OrbitError, match="'strategy' must be one of .*fedkseed.*, got 'fedsomething'"):
         orbits.from_bytes(orbits.to_bytes(bad_strategy))
-
-
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(data=st.data())
-def test_fuzzed_orbits_give_orbit_errors_only(data):
-    good = bytearray(orbits.to_bytes(_feedsign_orbit(50)))
-    kind = data.draw(st.sampled_from(["flip", "cut", "random", "recrc-flip"]))
-    if kind == "random":
-        blob = data.draw(st.binary(max_size=300))
-    elif kind == "cut":
-        blob = bytes(good[:data.draw(st.integers(0, len(good) - 1))])
-    else:
-        pos = data.draw(st.integers(0, len(good) - 5))
-        good[pos] ^= 1 << data.draw(st.integers(0, 7))
-        blob = _recrc(bytes(good)) if kind == "recrc-flip" else bytes(good)
-    try:
-        orbits.from_bytes(blob)
-    except orbits.OrbitError:
-        return
-    # a flip that the CRC was recomputed over may land in a hash field or flip a vote: still a valid orbit
-    assert kind == "recrc-flip"
 
 
 def test_save_is_atomic_and_loads_back(tmp_path):

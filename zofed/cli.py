@@ -22,6 +22,7 @@ import tokenize
 
 from . import strategies
 from .configs import FedMeZOConfig, SimConfig, ZOWarmUpConfig
+from .orbit import MAX_BYTES as MAX_ORBIT_BYTES
 from .orbit import OrbitError
 
 # the round-based algorithms (zofed.rounds drives them), beside the step strategies (zofed.sim)
@@ -128,11 +129,23 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("orbit", help="inspect or replay an orbit file")
     osub = o.add_subparsers(dest="orbit_command", required=True)
     i = osub.add_parser("info", help="print an orbit's header as JSON")
-    i.add_argument("orbit")
-    p = osub.add_parser("replay", help="rebuild the fine-tuned weights, verify them, write safetensors")
-    p.add_argument("orbit")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p = osub.add_parser("replay", help="rebuild the fine-tuned weights, verify them, write safetensors",
+                        description="Prints the verified sha256 of the final weights on stdout. The file's keys are "
+                        "the names the task's own model gives its weights (vader: peft's PeftModel names, and "
+                        "head.weight/head.bias); its metadata records the orbit (spec_version, base_sha256, "
+                        "final_sha256, strategy, steps, task, task_options).")
+    for q in (i, p):
+        q.add_argument("orbit")
+        q.add_argument("--max-bytes", type=_byte_count, default=MAX_ORBIT_BYTES,
+                       help=f"refuse an orbit file larger than this (default {MAX_ORBIT_BYTES}: 16 MiB)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write (a missing folder is made)")
     return ap
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of bytes, got {text!r}")
+    return int(text)
 
 
 def _load_config(path: str) -> dict:
@@ -223,19 +236,16 @@ def _run(args) -> None:
 
 
 def _replay(args) -> None:
-    import os
-
-    from safetensors.torch import save_file
-
     from . import orbit
-    from .client import weights_sha256
 
-    task = orbit.replay(orbit.load(args.orbit))
-    state = {k: v.detach().contiguous().clone() for k, v in task.model.state_dict().items()}
-    tmp = f"{args.out}.tmp"
-    save_file(state, tmp)
-    os.replace(tmp, args.out)
-    print(weights_sha256(task.model))
+    orbit.check_weights_path(args.out)  # before the replay, which can take minutes
+    recorded = orbit.load(args.orbit, args.max_bytes)
+    task = orbit.replay(recorded)
+    tensors, size = orbit.write_weights(args.out, recorded, task)
+    print(recorded.final_sha256)  # stdout: the sha256 alone, for scripts
+    print(f"zofed: replayed {recorded.steps} {recorded.config['strategy']} steps on the base model (sha256 "
+          f"{recorded.base_sha256}): final weights sha256 {recorded.final_sha256} verified against the orbit; "
+          f"wrote {args.out} ({tensors} tensors, {size} bytes)", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -250,7 +260,7 @@ def main(argv=None) -> int:
         elif args.orbit_command == "info":
             from . import orbit
 
-            print(json.dumps(orbit.info(orbit.load(args.orbit)), indent=1))
+            print(json.dumps(orbit.info(orbit.load(args.orbit, args.max_bytes)), indent=1))
         else:
             _replay(args)
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are written atomically, so the last one stands

@@ -17,11 +17,20 @@ File layout (little-endian), no pickle anywhere:
 
 Replay rebuilds the base model from the task, checks its fingerprint, applies the strategy's ops in
 multi-seed chunks (bit-identical to the live run) and checks the final sha256.
+
+Orbits come from other parties, so loading bounds its work before doing it: a file over `max_bytes`
+(default MAX_BYTES, 16 MiB) is refused unread, the config inflates to at most 64 KiB, every config field
+is checked by type and range (CONFIG_KEYS; nothing else is accepted), and the history decodes under the
+same cap (FeedSign's votes stay bit-packed). Only OrbitError leaves `load` and `from_bytes`. Replay checks the task's options against the
+task's declared ranges (zofed.tasks.check_options) before building anything.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -29,11 +38,19 @@ from dataclasses import dataclass
 from zokernels import spec
 
 from . import atomic, strategies, wire
+from .configs import DISTS
 
 MAGIC = b"ZFOB"
 FORMAT_VERSION = 1
 _HEAD = struct.Struct("<4sBB32s32sH")
-_MAX_CONFIG = 1 << 20  # bytes of inflated config: bounds what a corrupt file can make us allocate
+# The default cap on an orbit file: 16 MiB holds a 2**24-step FeedSign history (2 MiB) or about 1.4M
+# ZO-FedSGD (seed, value) pairs. An orbit you expect to be bigger: load(path, max_bytes=...) or
+# `zofed orbit ... --max-bytes N`.
+MAX_BYTES = wire.MAX_FRAME_BYTES
+_MAX_CONFIG = 1 << 16  # bytes of inflated config (a real one is about 300)
+CONFIG_KEYS = ("strategy", "strategy_options", "lr", "eps", "dist", "run_seed", "steps", "task", "task_options")
+_FLOAT32_MAX = 3.4028234663852886e38  # lr and eps scale float32 noise
+_MAX_OPTIONS = 32
 
 
 class OrbitError(ValueError):
@@ -62,7 +79,11 @@ def to_bytes(orbit: Orbit) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def from_bytes(data: bytes) -> Orbit:
+def from_bytes(data: bytes, max_bytes: int = MAX_BYTES) -> Orbit:
+    """The orbit in `data`, checked whole; OrbitError naming the problem, and nothing else, otherwise."""
+    if len(data) > max_bytes:
+        raise OrbitError(f"the orbit is larger than the limit of {max_bytes} bytes (for an orbit you expect to be "
+                         "this big, raise max_bytes: `zofed orbit ... --max-bytes N`)")
     if len(data) < _HEAD.size + 4:
         raise OrbitError(f"truncated orbit: {len(data)} bytes")
     magic, version, spec_version, base, final, n = _HEAD.unpack_from(data)
@@ -70,44 +91,126 @@ def from_bytes(data: bytes) -> Orbit:
         raise OrbitError("not an orbit file (bad magic)")
     if version != FORMAT_VERSION:
         raise OrbitError(f"orbit format version {version} is not supported (this is version {FORMAT_VERSION})")
-    if struct.unpack_from("<I", data, len(data) - 4)[0] != zlib.crc32(data[:-4]):
+    view = memoryview(data)  # slices without copies: the history may be megabytes
+    if struct.unpack_from("<I", data, len(data) - 4)[0] != zlib.crc32(view[:-4]):
         raise OrbitError("corrupt orbit: CRC-32 mismatch (truncated or damaged file)")
     if spec_version != spec.SPEC_VERSION:
         raise OrbitError(f"the orbit was made with noise spec version {spec_version}; this zokernels implements "
                          f"version {spec.SPEC_VERSION}, whose noise differs: replay would build another model")
     if _HEAD.size + n > len(data) - 4:
         raise OrbitError("corrupt orbit: the config runs past the end of the file")
+    config = _parse_config(view[_HEAD.size:_HEAD.size + n])
+    strategy = make_strategy(config)
     try:
-        inflate = zlib.decompressobj()
-        text = inflate.decompress(data[_HEAD.size:_HEAD.size + n], _MAX_CONFIG)
-        if inflate.unconsumed_tail or not inflate.eof:
-            raise ValueError(f"the run config is not a complete zlib stream of at most {_MAX_CONFIG} bytes")
-        config = json.loads(text.decode())
-        history = wire.decode(data[_HEAD.size + n:-4])
-    except (UnicodeDecodeError, ValueError, zlib.error) as exc:  # json and wire errors are ValueErrors
-        raise OrbitError(f"corrupt orbit: {exc}") from None
-    orbit = Orbit(config, base.hex(), final.hex(), history)
-    try:
-        _check(orbit)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OrbitError(f"corrupt orbit config: {exc!r}") from None
-    return orbit
+        history = wire.decode(view[_HEAD.size + n:-4], max_bytes)
+        downs = strategy.steps_of(history)  # a lazy sequence where the history is packed (FeedSign's votes)
+    except ValueError as exc:  # WireError, or a history of another message type than the strategy's
+        raise OrbitError(f"corrupt orbit history: {exc}") from None
+    first = downs[0].first_step if len(downs) else 0
+    if len(downs) != config["steps"] or first != 0:
+        raise OrbitError(f"corrupt orbit: the history holds {len(downs)} steps from step {first}, the config says "
+                         f"{config['steps']} from step 0")
+    return Orbit(config, base.hex(), final.hex(), history)
 
 
-def _check(orbit: Orbit) -> None:
-    c = orbit.config
-    if not isinstance(c, dict) or not isinstance(c["steps"], int) or not isinstance(c["task_options"], dict):
-        raise ValueError("config must be an object with integer 'steps' and object 'task_options'")
-    downs = make_strategy(c).steps_of(orbit.history)
-    if len(downs) != c["steps"] or (downs and downs[0].first_step != 0):
-        raise ValueError(f"the history holds {len(downs)} steps, the config says {c['steps']} from step 0")
+def _parse_config(compressed: bytes) -> dict:
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(compressed, _MAX_CONFIG)
+    except zlib.error as exc:
+        raise OrbitError(f"corrupt orbit: the run config does not inflate: {exc}") from None
+    if inflate.unconsumed_tail or inflate.unused_data or not inflate.eof:
+        raise OrbitError(f"corrupt orbit: the run config is not one zlib stream of at most {_MAX_CONFIG} bytes")
+    try:
+        config = json.loads(text.decode(), parse_constant=_no_constant, object_pairs_hook=_object)
+    except RecursionError:  # json's own signal for nesting past the interpreter's depth; a config nests 2 deep
+        raise OrbitError("corrupt orbit: the run config nests deeper than a run config does") from None
+    except ValueError as exc:  # JSON's errors and UnicodeDecodeError are ValueErrors
+        raise OrbitError(f"corrupt orbit: the run config does not parse: {exc}") from None
+    _check_config(config)
+    return config
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a run config holds")
+
+
+def _object(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return obj
+
+
+def _check_config(c) -> None:
+    """OrbitError naming the first field of a run config that is missing, unknown, of the wrong type or out
+    of range. Options are flat: names to booleans, 64-bit integers, finite numbers or short strings; the
+    strategy and the task check their own options' meaning."""
+    if not isinstance(c, dict) or sorted(c) != sorted(CONFIG_KEYS):
+        got = sorted(c) if isinstance(c, dict) else f"a JSON {type(c).__name__}"
+        raise OrbitError(f"corrupt orbit config: it holds {got}, a run config holds {sorted(CONFIG_KEYS)}")
+    checks = dict(
+        strategy=("one of " + ", ".join(_STRATEGY_NAMES), lambda v: v in _STRATEGY_NAMES),
+        dist=("one of " + ", ".join(DISTS), lambda v: v in DISTS),
+        run_seed=("an integer in [0, 2**63)", lambda v: _integer(v) and 0 <= v < 2**63),
+        steps=(f"an integer in [1, {wire.MAX_COUNT}]", lambda v: _integer(v) and 1 <= v <= wire.MAX_COUNT),
+        lr=("a number in [0, 3.4e38]", lambda v: _number(v) and 0 <= v <= _FLOAT32_MAX),
+        eps=("a number in (0, 3.4e38]", lambda v: _number(v) and 0 < v <= _FLOAT32_MAX),
+        task=("a string of 1 to 256 characters", lambda v: isinstance(v, str) and 0 < len(v) <= 256),
+        strategy_options=(_OPTIONS_ARE, _options), task_options=(_OPTIONS_ARE, _options))
+    for name in CONFIG_KEYS:
+        must, ok = checks[name]
+        if not ok(c[name]):
+            raise OrbitError(f"corrupt orbit config: {name!r} must be {must}, got {_shown(c[name])}")
+
+
+_STRATEGY_NAMES = (*sorted(strategies.STRATEGIES), strategies.Broadcasts.name)
+_OPTIONS_ARE = (f"an object of at most {_MAX_OPTIONS} options (names of at most 64 characters; values true/false, "
+                "integers in [-2**63, 2**64), finite numbers or strings of at most 256 characters)")
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    """An int or float that converts to a finite float (a 400-digit integer does not)."""
+    return (isinstance(v, float) and math.isfinite(v)) or (_integer(v) and abs(v) < 2**1023)
+
+
+def _options(v) -> bool:
+    return isinstance(v, dict) and len(v) <= _MAX_OPTIONS and all(
+        isinstance(k, str) and len(k) <= 64 and _option_value(x) for k, x in v.items())
+
+
+def _option_value(x) -> bool:
+    if isinstance(x, (bool, str)):
+        return isinstance(x, bool) or len(x) <= 256
+    return (_integer(x) and -2**63 <= x < 2**64) or (isinstance(x, float) and math.isfinite(x))
+
+
+def _shown(v) -> str:
+    if isinstance(v, (dict, list)):  # never repr'd: it may nest hundreds deep
+        return f"a JSON {'object' if isinstance(v, dict) else 'array'} of {len(v)} entries"
+    text = repr(v)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
 
 
 def make_strategy(config: dict) -> strategies.Strategy:
-    if config["strategy"] == strategies.Broadcasts.name:
+    """The strategy a checked run config names; OrbitError if it does not take the recorded options."""
+    name, options = config["strategy"], config["strategy_options"]
+    if name == strategies.Broadcasts.name:
+        if options:
+            raise OrbitError(f"corrupt orbit config: strategy {name!r} takes no options, got {sorted(options)}")
         return strategies.Broadcasts()
-    return strategies.make(config["strategy"], lr=config["lr"], run_seed=config["run_seed"],
-                           **config.get("strategy_options", {}))
+    takes = set(inspect.signature(strategies.STRATEGIES[name]).parameters) - {"lr", "run_seed"}
+    if set(options) - takes:
+        raise OrbitError(f"corrupt orbit config: strategy {name!r} takes the options {sorted(takes)}, "
+                         f"not {sorted(set(options) - takes)}")
+    try:
+        return strategies.make(name, lr=config["lr"], run_seed=config["run_seed"], **options)
+    except (TypeError, ValueError) as exc:  # an option of the wrong type ("x" >= 0) or out of the strategy's range
+        raise OrbitError(f"corrupt orbit config: strategy {name!r}: {exc}") from None
 
 
 def save(path, orbit: Orbit) -> None:
@@ -115,9 +218,11 @@ def save(path, orbit: Orbit) -> None:
     atomic.write_bytes(path, to_bytes(orbit))
 
 
-def load(path) -> Orbit:
+def load(path, max_bytes: int = MAX_BYTES) -> Orbit:
+    """The orbit in the file at `path`, read no further than max_bytes + 1 (a bigger file, or a device that
+    never ends, is refused without reading it whole)."""
     with open(path, "rb") as f:
-        return from_bytes(f.read())
+        return from_bytes(f.read(max_bytes + 1), max_bytes)
 
 
 def info(orbit: Orbit) -> dict:
@@ -128,22 +233,57 @@ def info(orbit: Orbit) -> dict:
 
 def replay(orbit: Orbit, task=None, chunk: int = 4096):
     """Rebuild the fine-tuned weights on `task` (default: the task the orbit names, built fresh) and
-    verify them; returns the task, whose model now holds the final weights."""
+    verify them; returns the task, whose model now holds the final weights. What can be checked without
+    the model is checked before it is built: the strategy and the task's options against their ranges."""
     from . import tasks
     from .client import Replica, weights_sha256
 
     c = orbit.config
-    task = task or tasks.build(c["task"], **c["task_options"])
+    strategy = make_strategy(c)
+    if task is None:
+        try:
+            tasks.check_options(c["task"], c["task_options"])
+        except ValueError as exc:
+            raise OrbitError(f"the orbit's task cannot be built here: {exc}") from None
+        task = tasks.build(c["task"], **c["task_options"])
     got = weights_sha256(task.model)
     if got != orbit.base_sha256:
         raise OrbitError(f"wrong base model: its weights hash to {got[:16]}..., the orbit was recorded on "
                          f"{orbit.base_sha256[:16]}... (another checkpoint, task option or library version)")
-    strategy = make_strategy(c)
     replica = Replica(task.model, eps=c["eps"], dist=c["dist"], keep_base=isinstance(strategy, strategies.FedKSeed))
-    ops = [op for down in strategy.steps_of(orbit.history) for op in strategy.ops(down.first_step, down)]
-    replica.apply(ops, chunk=chunk)
-    replica.close()
+    try:  # ops are generated as the replica consumes them: no object per step is held
+        replica.apply((op for down in strategy.steps_of(orbit.history) for op in strategy.ops(down.first_step, down)),
+                      chunk=chunk)
+    finally:
+        replica.close()
     got = weights_sha256(task.model)
     if got != orbit.final_sha256:
         raise OrbitError(f"replay ended at weights {got[:16]}..., the orbit recorded {orbit.final_sha256[:16]}...")
     return task
+
+
+def check_weights_path(path) -> None:
+    """ValueError if `path` cannot name the weights file (a folder): checked before a replay, not after it."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder: name the file to write, e.g. "
+                         f"{os.path.join(path, 'finetuned.safetensors')}")
+
+
+def write_weights(path, orbit: Orbit, task) -> tuple[int, int]:
+    """Write a replayed task's weights to `path` as safetensors and return (tensors, bytes). Keys are
+    task.export's (the names the user's own model gives them; default the model's state_dict), metadata
+    records the orbit (format "pt", spec_version, base_sha256, final_sha256, strategy, steps, task,
+    task_options as JSON); final_sha256 is zofed.client.weights_sha256 of the task's model, which replay
+    verified. Written atomically, as any new file (0666 minus the umask); a missing parent folder is made."""
+    from safetensors.torch import save
+
+    check_weights_path(path)
+    weights = task.export(task.model) if task.export else task.model.state_dict()
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
+    c = orbit.config
+    data = save(state, metadata=dict(format="pt", spec_version=str(spec.SPEC_VERSION), base_sha256=orbit.base_sha256,
+                                     final_sha256=orbit.final_sha256, strategy=c["strategy"], steps=str(c["steps"]),
+                                     task=c["task"], task_options=json.dumps(c["task_options"], sort_keys=True)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.write_bytes(path, data)
+    return len(state), len(data)

@@ -20,7 +20,9 @@ class Task:
     batch(indices) -> the batch of those training examples.
     losses(model, batch) -> per-example losses (a 1-d tensor).
     evaluate(model) -> held-out metrics, at least {"accuracy": float, "loss": float}.
-    options: the keyword arguments that rebuild this task with `build` (recorded in orbits)."""
+    options: the keyword arguments that rebuild this task with `build` (recorded in orbits).
+    export(model) -> {name: tensor}: the weights `zofed orbit replay` writes, named as the user's own
+    model names them (None: the model's state_dict)."""
 
     name: str
     model: object
@@ -29,6 +31,7 @@ class Task:
     losses: Callable
     evaluate: Callable
     options: dict = field(default_factory=dict)
+    export: Callable | None = None
 
 
 def tensor_classification(name: str, model, x, y, x_test, y_test, options: dict) -> Task:
@@ -52,25 +55,82 @@ def tensor_classification(name: str, model, x, y, x_test, y_test, options: dict)
     return Task(name, model, y.tolist(), batch, losses, evaluate, options)
 
 
-_BUILDERS: dict[str, Callable[..., Task]] = {}
+@dataclass(frozen=True)
+class Option:
+    """A task option: its default (whose type is the option's type) and the values it may take. Orbits name
+    task options and come from other parties, so an option that sizes the model declares a range that
+    keeps the build within what the task is for."""
+
+    default: bool | int | float | str
+    low: int | float | None = None  # numbers: the closed range [low, high]
+    high: int | float | None = None
+    choices: tuple = ()  # strings: the values allowed (empty: any string of at most 256 characters)
+
+    def check(self, task: str, name: str, value) -> None:
+        if not self._allows(value):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:60] + "..."
+            raise ValueError(f"task {task!r} option {name!r} must be {self._allowed()}, got {shown}")
+
+    def _allows(self, value) -> bool:
+        kind = type(self.default)
+        if kind in (bool, str):
+            return type(value) is kind and (kind is bool or len(value) <= 256) and \
+                (not self.choices or value in self.choices)
+        # no bool (True == 1); an int option takes no float (8.0 builds as 8 but would record another option)
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+            return False
+        low, high = self._range()
+        return low <= value <= high  # False for NaN; infinities are out of range
+
+    def _range(self) -> tuple:
+        return (-2**63 if self.low is None else self.low, 2**63 - 1 if self.high is None else self.high)
+
+    def _allowed(self) -> str:
+        kind = type(self.default)
+        if self.choices:
+            return f"one of {self.choices}"
+        if kind in (bool, str):
+            return "true or false" if kind is bool else "a string of at most 256 characters"
+        low, high = self._range()
+        return f"{'an integer' if kind is int else 'a number'} in [{low}, {high}]"
+
+
+_BUILDERS: dict[str, tuple[Callable[..., Task], dict[str, Option]]] = {}
 BUILT_IN = ("vader", "digits")
 
 
-def register(name: str, builder: Callable[..., Task]) -> None:
-    """Make `build(name, **options)` call builder(**options)."""
-    _BUILDERS[name] = builder
+def register(name: str, builder: Callable[..., Task], options: dict[str, Option] | None = None) -> None:
+    """Make `build(name, **options)` call builder(**options). `options` declares what the builder takes;
+    without it, every keyword parameter with a default is an option of that default's type, with no range
+    (declare a range for any option that sizes the model: orbit replay builds what an orbit names)."""
+    if options is None:
+        params = inspect.signature(builder).parameters.values()
+        options = {p.name: Option(p.default) for p in params if isinstance(p.default, (bool, int, float, str))}
+    _BUILDERS[name] = (builder, dict(options))
 
 
-def build(name: str, **options) -> Task:
+def _lookup(name: str) -> tuple[Callable[..., Task], dict[str, Option]]:
     if name in BUILT_IN and name not in _BUILDERS:  # imported on first use: each needs its own packages
         import importlib
 
-        register(name, importlib.import_module(f".{name}", __name__).task)
+        module = importlib.import_module(f".{name}", __name__)
+        register(name, module.task, module.OPTIONS)
     if name not in _BUILDERS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(set(_BUILDERS) | set(BUILT_IN))}")
-    builder = _BUILDERS[name]
-    params = inspect.signature(builder).parameters
-    unknown = sorted(set(options) - set(params))
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise ValueError(f"task {name!r} takes the options {sorted(params)}, not {unknown}")
-    return builder(**options)
+    return _BUILDERS[name]
+
+
+def check_options(name: str, options: dict) -> None:
+    """ValueError naming the first option that the task does not take or that is out of its range; nothing
+    is built, so an orbit's options are checked before anything is allocated."""
+    declared = _lookup(name)[1]
+    unknown = sorted(set(options) - set(declared))
+    if unknown:
+        raise ValueError(f"task {name!r} takes the options {sorted(declared)}, not {unknown}")
+    for key, value in options.items():
+        declared[key].check(name, key, value)
+
+
+def build(name: str, **options) -> Task:
+    check_options(name, options)
+    return _lookup(name)[0](**options)

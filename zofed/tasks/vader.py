@@ -17,6 +17,8 @@ import re
 import torch
 from torch import nn
 
+from . import Option, Task
+
 LABEL_WORDS = ("bad", "good")
 
 
@@ -114,15 +116,14 @@ def add_lora(model: SentenceClassifier, rank: int) -> None:
                 p.copy_(z / (3 * p.shape[1]) ** 0.5)
 
 
+# model: all-MiniLM-L6-v2 is the one model shipped; lora_rank up to the hidden size (384): a higher rank adds nothing
+OPTIONS = dict(model=Option("minilm", choices=("minilm",)), lora_rank=Option(4, 0, 384))
+
+
 def task(model: str = "minilm", lora_rank: int = 4):
     """The vader Task: MiniLM + LoRA(rank) + zero-shot head, training on the lexicon's train split and
-    reporting held-out accuracy. lora_rank=0 trains the whole model."""
-    from . import Task
-
-    if model != "minilm":
-        raise ValueError(f"the vader task has the model 'minilm' (all-MiniLM-L6-v2), not {model!r}")
-    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
-        raise ValueError(f"lora_rank must be a non-negative integer, got {lora_rank!r}")
+    reporting held-out accuracy. lora_rank=0 trains the whole model. Options checked by zofed.tasks.build
+    against OPTIONS."""
     train, test = split(load_lexicon())
     clf, tokenizer = build_model()
     if lora_rank:
@@ -151,4 +152,11 @@ def task(model: str = "minilm", lora_rank: int = 4):
         return dict(accuracy=correct / n, loss=total / n)
 
     return Task("vader", clf, [y for _, y in train], batch, losses, evaluate,
-                dict(model=model, lora_rank=lora_rank))
+                dict(model=model, lora_rank=lora_rank), export=export)
+
+
+def export(model: SentenceClassifier) -> dict:
+    """The weights as a user's own models name them: the encoder's as peft's PeftModel (LoRA) or transformers'
+    BertModel (lora_rank=0) does, so its load_state_dict takes them whole, and the head's as head.weight and
+    head.bias (a SentenceClassifier's head)."""
+    return {**model.encoder.state_dict(), **{f"head.{k}": v for k, v in model.head.state_dict().items()}}
