@@ -120,6 +120,8 @@ def test_size_cap_refuses_before_reading(tmp_path):
     path = tmp_path / "orbit"
     path.write_bytes(data)
     assert orbits.load(path, max_bytes=len(data)).history == VOTES
+    orbit, peak = _traced_peak(lambda: orbits.load(path))
+    assert orbit.history == VOTES and peak < 1 << 20  # a small orbit costs a small buffer, not the 16 MiB cap
     with pytest.raises(orbits.OrbitError, match="larger than the limit of 100 bytes"):
         orbits.load(path, max_bytes=100)
     with pytest.raises(orbits.OrbitError, match="larger than the limit of 1000 bytes"):

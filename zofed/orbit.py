@@ -222,7 +222,19 @@ def load(path, max_bytes: int = MAX_BYTES) -> Orbit:
     """The orbit in the file at `path`, read no further than max_bytes + 1 (a bigger file, or a device that
     never ends, is refused without reading it whole)."""
     with open(path, "rb") as f:
-        return from_bytes(f.read(max_bytes + 1), max_bytes)
+        return from_bytes(_read_at_most(f, max_bytes + 1), max_bytes)
+
+
+def _read_at_most(f, limit: int) -> bytes:
+    # reads sized by the file's own size (0 for a pipe or device), so a small orbit costs a small buffer
+    parts, left, step = [], limit, max(os.fstat(f.fileno()).st_size + 1, 1 << 16)
+    while left > 0:
+        part = f.read(min(left, step))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def info(orbit: Orbit) -> dict:
