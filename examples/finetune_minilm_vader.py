@@ -18,7 +18,7 @@ import time
 import torch
 
 import zokernels
-from zofed.tasks import vader
+from zofed import tasks
 
 
 def main(argv=None) -> dict:
@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
-    task = vader.task(lora_rank=args.rank)
+    task = tasks.build("vader", lora_rank=args.rank)  # checks the option against the task's declared range
     model = task.model
     before = task.evaluate(model)["accuracy"]
     opt = zokernels.ZOSGD(model, lr=args.lr, eps=args.eps, mode="shadow", seed=args.seed)
