@@ -7,7 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -47,20 +47,89 @@ static inline void philox_round(uint32_t &x0, uint32_t &x1, uint32_t &x2, uint32
   x2 = c2;
 }
 
+// The Weyl key schedule: round r uses (k0 + r * KEY_A, k1 + r * KEY_B), computed once per block of counters.
+struct PhiloxKeys {
+  uint32_t a[PHILOX_ROUNDS], b[PHILOX_ROUNDS];
+  explicit PhiloxKeys(uint64_t seed) {
+    uint32_t ka = (uint32_t)seed, kb = (uint32_t)(seed >> 32);
+    for (int r = 0; r < PHILOX_ROUNDS; ++r, ka += PHILOX_KEY_A, kb += PHILOX_KEY_B) {
+      a[r] = ka;
+      b[r] = kb;
+    }
+  }
+};
+
+// Vector Philox: 32x32->64 multiplies as even- and odd-lane _mul_epu32 (compilers otherwise widen to
+// 64-bit lanes: vpmullq on AVX-512, a scalar-speed sequence on AVX2). Each Vec type gives the
+// instructions of one width; philox_lanes runs two independent counter vectors at once, because a
+// round is a chain of dependent instructions and one chain leaves the multiplier idle.
 #if defined(__AVX512F__)
-// High and low halves of 16 products a * m (m broadcast), from even- and odd-lane 32x32->64 multiplies;
-// compilers otherwise widen to 64-bit lanes and use the slow vpmullq.
-// The zero-masking forms with an all-ones mask compile to the plain instructions. The unmasked
-// intrinsics start from _mm512_undefined_epi32(), a self-initialized variable that GCC 12 reports
-// as used uninitialized wherever they are inlined.
-static inline void mulhilo16(__m512i a, __m512i m, __m512i &hi, __m512i &lo) {
-  const __mmask8 all = 0xFF;
-  __m512i even = _mm512_maskz_mul_epu32(all, a, m);
-  __m512i odd = _mm512_maskz_mul_epu32(all, _mm512_maskz_srli_epi64(all, a, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_maskz_srli_epi64(all, even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_maskz_slli_epi64(all, odd, 32));
-}
+struct Vec512 {
+  using T = __m512i;
+  static constexpr int LANES = 16;
+  static T load(const uint32_t *p) { return _mm512_loadu_si512(p); }
+  static void store(uint32_t *p, T v) { _mm512_storeu_si512(p, v); }
+  static T set1(uint32_t v) { return _mm512_set1_epi32((int)v); }
+  static T xor3(T a, T b, T c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+  // The zero-masking forms with an all-ones mask compile to the plain instructions. The unmasked
+  // intrinsics start from _mm512_undefined_epi32(), a self-initialized variable that GCC 12 reports
+  // as used uninitialized wherever they are inlined.
+  // Dword swaps within each 64-bit lane (vpshufd) stand in for 32-bit shifts: shifts and multiplies
+  // share one port on AVX-512, shuffles use another.
+  static void mulhilo(T a, T m, T &hi, T &lo) {
+    const __mmask8 all8 = 0xFF;
+    const __mmask16 all16 = 0xFFFF;
+    T even = _mm512_maskz_mul_epu32(all8, a, m);
+    T odd = _mm512_maskz_mul_epu32(all8, _mm512_maskz_shuffle_epi32(all16, a, _MM_PERM_CDAB), m);
+    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_maskz_shuffle_epi32(all16, even, _MM_PERM_CDAB), odd);
+    lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_maskz_shuffle_epi32(all16, odd, _MM_PERM_CDAB));
+  }
+};
 #endif
+#if defined(__AVX2__)
+struct Vec256 {
+  using T = __m256i;
+  static constexpr int LANES = 8;
+  static T load(const uint32_t *p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)); }
+  static void store(uint32_t *p, T v) { _mm256_storeu_si256(reinterpret_cast<__m256i *>(p), v); }
+  static T set1(uint32_t v) { return _mm256_set1_epi32((int)v); }
+  static T xor3(T a, T b, T c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+  static void mulhilo(T a, T m, T &hi, T &lo) {
+    T even = _mm256_mul_epu32(a, m);
+    T odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  }
+};
+#endif
+
+// Philox4x32-10 in place on the 2 * V::LANES counters x0[0..], x1[0..], x2[0..], x3[0..].
+template <typename V>
+static inline void philox_lanes(const PhiloxKeys &k, uint32_t *x0, uint32_t *x1, uint32_t *x2, uint32_t *x3) {
+  using T = typename V::T;
+  constexpr int L = V::LANES;
+  const T ma = V::set1(PHILOX_ROUND_A), mb = V::set1(PHILOX_ROUND_B);
+  T a0 = V::load(x0), a1 = V::load(x1), a2 = V::load(x2), a3 = V::load(x3);
+  T b0 = V::load(x0 + L), b1 = V::load(x1 + L), b2 = V::load(x2 + L), b3 = V::load(x3 + L);
+  for (int r = 0; r < PHILOX_ROUNDS; ++r) {
+    const T ka = V::set1(k.a[r]), kb = V::set1(k.b[r]);
+    T ahi0, alo0, ahi2, alo2, bhi0, blo0, bhi2, blo2;
+    V::mulhilo(a0, ma, ahi0, alo0);
+    V::mulhilo(b0, ma, bhi0, blo0);
+    V::mulhilo(a2, mb, ahi2, alo2);
+    V::mulhilo(b2, mb, bhi2, blo2);
+    a0 = V::xor3(ahi2, a1, ka);
+    b0 = V::xor3(bhi2, b1, ka);
+    a2 = V::xor3(ahi0, a3, kb);
+    b2 = V::xor3(bhi0, b3, kb);
+    a1 = alo2;
+    b1 = blo2;
+    a3 = alo0;
+    b3 = blo0;
+  }
+  V::store(x0, a0), V::store(x1, a1), V::store(x2, a2), V::store(x3, a3);
+  V::store(x0 + L, b0), V::store(x1 + L, b1), V::store(x2 + L, b2), V::store(x3 + L, b3);
+}
 
 // Philox4x32-10 over N counters at once (structure of arrays so it vectorizes).
 // Counter n is (g0 + n mod 2^32, (g0 + n) >> 32, key, tag); the Philox key is the 64-bit seed.
@@ -74,39 +143,15 @@ static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint6
     x2[n] = key;
     x3[n] = tag;
   }
-  const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  const PhiloxKeys k(seed);
   int n = 0;
 #if defined(__AVX512F__)
-  const __m512i ma = _mm512_set1_epi32((int)PHILOX_ROUND_A), mb = _mm512_set1_epi32((int)PHILOX_ROUND_B);
-  for (; n + 16 <= N; n += 16) {
-    __m512i c0 = _mm512_loadu_si512(x0 + n), c1 = _mm512_loadu_si512(x1 + n);
-    __m512i c2 = _mm512_loadu_si512(x2 + n), c3 = _mm512_loadu_si512(x3 + n);
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < PHILOX_ROUNDS; ++r) {
-      __m512i hia, loa, hib, lob;
-      mulhilo16(c0, ma, hia, loa);
-      mulhilo16(c2, mb, hib, lob);
-      c0 = _mm512_xor_si512(_mm512_xor_si512(hib, c1), _mm512_set1_epi32((int)ka));
-      c2 = _mm512_xor_si512(_mm512_xor_si512(hia, c3), _mm512_set1_epi32((int)kb));
-      c1 = lob;
-      c3 = loa;
-      ka += PHILOX_KEY_A;
-      kb += PHILOX_KEY_B;
-    }
-    _mm512_storeu_si512(x0 + n, c0);
-    _mm512_storeu_si512(x1 + n, c1);
-    _mm512_storeu_si512(x2 + n, c2);
-    _mm512_storeu_si512(x3 + n, c3);
-  }
+  for (; n + 2 * Vec512::LANES <= N; n += 2 * Vec512::LANES) philox_lanes<Vec512>(k, x0 + n, x1 + n, x2 + n, x3 + n);
+#elif defined(__AVX2__)
+  for (; n + 2 * Vec256::LANES <= N; n += 2 * Vec256::LANES) philox_lanes<Vec256>(k, x0 + n, x1 + n, x2 + n, x3 + n);
 #endif
-  for (; n < N; ++n) {
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < PHILOX_ROUNDS; ++r) {
-      philox_round(x0[n], x1[n], x2[n], x3[n], ka, kb);
-      ka += PHILOX_KEY_A;
-      kb += PHILOX_KEY_B;
-    }
-  }
+  for (; n < N; ++n)
+    for (int r = 0; r < PHILOX_ROUNDS; ++r) philox_round(x0[n], x1[n], x2[n], x3[n], k.a[r], k.b[r]);
 }
 
 // ln(u) for u = k * 2^-24, k in [1, 2^24]: exponent/mantissa split by bits, mantissa folded into
