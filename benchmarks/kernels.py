@@ -1,17 +1,23 @@
-"""One ZO perturbation pass of zokernels against MeZO's loop, measured side by side; prints JSON.
+"""Each ZO pass of zokernels against the memory floor and against MeZO's loop, side by side; prints JSON.
 
     python benchmarks/kernels.py [--threads 2] [--reps 5] [--scale 1.0] [--table]
 
 Parameters are BERT-base-like shapes (72 tensors of 768x768 and one 50272x768 embedding, about 81M
-values). MeZO's loop is what its trainer runs per perturbation:
+values). The memory floor is `torch._foreach_add_(params, 1e-7)` on the same tensors: one read and one
+write of every weight, what any pass must cost. MeZO's loop is what its trainer runs per perturbation:
     torch.manual_seed(seed); for p: z = torch.normal(0, 1, p.shape, dtype=p.dtype); p.add_(z, alpha=scale)
-Each figure is the median of --reps timed runs after one warm-up; the ratio is MeZO time / ours.
+All cases of one dtype run interleaved (case after case, --reps rounds, after one warm-up round), so
+machine noise hits them alike; each figure is the median of its --reps times. "passes" gives every
+case's time as a multiple of the floor measured in the same run (perturb_ per dist; update_ with K=16
+seeds, K=2, and two K=1 calls: what fusing two updates into one pass saves); "results" gives MeZO time /
+ours, where 16 MeZO loops cost 16 times the median loop. "load" is os.getloadavg() before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -19,6 +25,7 @@ import time
 import torch
 
 import zokernels
+from zokernels import _cpu
 
 K_MULTI = 16
 
@@ -36,47 +43,68 @@ def mezo_pass(params, seed: int, scale: float) -> None:
         p.add_(z, alpha=scale)
 
 
-def timed(fn, reps: int) -> float:
-    fn()  # warm-up: first-touch page faults, thread pools
-    times = []
+DISTS = ("gaussian", "rademacher", "uniform")
+
+
+def interleaved(cases: dict, reps: int) -> dict:
+    """Median seconds of each case, the cases run round-robin (one untimed warm-up round first)."""
+    for fn in cases.values():
+        fn()  # first-touch page faults, thread pools
+    times = {name: [] for name in cases}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def measure(dtype: torch.dtype, scale: float, reps: int, backend: str) -> tuple[list[dict], int]:
+def measure(dtype: torch.dtype, scale: float, reps: int, backend: str) -> tuple[list[dict], list[dict], int]:
     params = bert_like_params(dtype, scale)
     keys = list(range(len(params)))
-    ours = timed(lambda: zokernels.perturb_(params, 1, 1e-3, keys=keys, backend=backend), reps)
-    mezo = timed(lambda: mezo_pass(params, 1, 1e-3), reps)
-    results = [dict(name=f"perturb_pass_{str(dtype).split('.')[1]}", ours_s=ours, mezo_s=mezo)]
+    name = str(dtype).split(".")[1]
+    cases = {"floor": lambda: torch._foreach_add_(params, 1e-7)}
+    for dist in DISTS:
+        cases[f"perturb_{dist}"] = lambda dist=dist: zokernels.perturb_(params, 1, 1e-3, keys=keys, dist=dist,
+                                                                         backend=backend)
+    cases["mezo_loop"] = lambda: mezo_pass(params, 1, 1e-3)
     if dtype == torch.float32:
         seeds, coeffs = list(range(K_MULTI)), [1e-4] * K_MULTI
-        ours = timed(lambda: zokernels.update_(params, seeds, coeffs, keys=keys, backend=backend), reps)
-        mezo = timed(lambda: [mezo_pass(params, s, c) for s, c in zip(seeds, coeffs)], max(1, reps // 2))
-        results.append(dict(name=f"update_K{K_MULTI}_float32", ours_s=ours, mezo_s=mezo))
-    return results, sum(p.numel() for p in params)
+        cases[f"update_K{K_MULTI}"] = lambda: zokernels.update_(params, seeds, coeffs, keys=keys, backend=backend)
+        cases["update_K2"] = lambda: zokernels.update_(params, [1, 2], [1e-4, 1e-4], keys=keys, backend=backend)
+        cases["update_K1_twice"] = lambda: [zokernels.update_(params, [s], [1e-4], keys=keys, backend=backend)
+                                            for s in (1, 2)]
+    t = interleaved(cases, reps)
+    passes = [dict(name=f"{case}_{name}", seconds=s, vs_floor=s / t["floor"]) for case, s in t.items()]
+    results = [dict(name=f"perturb_pass_{name}", ours_s=t["perturb_gaussian"], mezo_s=t["mezo_loop"])]
+    if dtype == torch.float32:
+        results.append(dict(name=f"update_K{K_MULTI}_{name}", ours_s=t[f"update_K{K_MULTI}"],
+                            mezo_s=K_MULTI * t["mezo_loop"]))
+    return results, passes, sum(p.numel() for p in params)
 
 
 def run(threads: int, reps: int, scale: float, backend: str) -> dict:
     torch.set_num_threads(threads)
-    results = []
+    load_before = os.getloadavg()
+    results, passes = [], []
     for dtype in (torch.float32, torch.bfloat16):
-        rows, numel = measure(dtype, scale, reps, backend)
+        rows, floor_rows, numel = measure(dtype, scale, reps, backend)
         results += rows
+        passes += floor_rows
     for r in results:
         r["speedup"] = r["mezo_s"] / r["ours_s"]
     return dict(
         benchmark="zokernels.kernels",
         backend=backend,
+        isa=_cpu.require().isa() if backend == "cpu" else None,
         threads=threads,
         reps=reps,
         numel=numel,
         tensors=73,
         torch=torch.__version__,
         machine=platform.machine(),
+        load=dict(before=list(load_before), after=list(os.getloadavg()), cpus=os.cpu_count()),
+        passes=passes,
         results=results,
     )
 
@@ -89,6 +117,11 @@ def table(report: dict) -> str:
     ]
     for r in report["results"]:
         lines.append(f"{r['name']:<24}{r['ours_s'] * 1e3:>10.1f}ms{r['mezo_s'] * 1e3:>10.1f}ms{r['speedup']:>9.1f}x")
+    load = report["load"]
+    lines += ["", f"against the memory floor (load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} "
+              f"after, {load['cpus']} CPUs)", f"{'pass':<32}{'time':>12}{'x floor':>10}"]
+    for r in report["passes"]:
+        lines.append(f"{r['name']:<32}{r['seconds'] * 1e3:>10.1f}ms{r['vs_floor']:>9.2f}x")
     return "\n".join(lines)
 
 
