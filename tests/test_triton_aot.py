@@ -15,7 +15,7 @@ and no kernel may scale tl.program_id in 32 bits (the element offset wraps past 
 
 Compiling needs Triton's real JIT, and the test session runs under TRITON_INTERPRET=1, so the
 compiles run once per module in a subprocess (this file run as a script) with a fresh Triton cache:
-42 compiles, about 40 s of CPU. gaussian-fast is outside the contract (approximate by design) and is
+84 compiles (masked and unmasked launches), about 80 s of CPU. gaussian-fast is outside the contract (approximate by design) and is
 not compiled here; ../shared/tools/aot_check.py reports it.
 """
 
@@ -39,8 +39,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _recorded_launches():
     """(kernel name, positional args, keyword args) of every launch the launchers make for a portable
-    dist, one per variant, recorded by calling them on small CPU tensors with the kernels swapped for
-    recorders."""
+    dist, one per variant, recorded by calling them on CPU tensors with the kernels swapped for
+    recorders. The tensors cover one tile whole and two in part, so both the unmasked launch (full
+    tiles) and the masked one (a tensor's partial first and last tiles) are recorded."""
     import torch
 
     from zokernels import spec
@@ -58,12 +59,13 @@ def _recorded_launches():
     kernels = {name: getattr(tn, name) for name in vars(tn) if name.endswith("_kernel")}
     for name in kernels:
         setattr(tn, name, Recorder(name))
+    numel, offset = 8 * tn.BLOCK_G + 8, 4  # vector-aligned groups: a multiple of 4
     try:
         for dist in spec.PORTABLE_DISTS:
-            tn.noise(torch.empty(8), 0, 1, 0, dist)
+            tn.noise(torch.empty(numel), offset, 1, 0, dist)
             for dtype in tn._DTYPE_CODES:
                 for rounding in ("nearest", "stochastic"):
-                    tn.update_([torch.zeros(8, dtype=dtype)], [1], [0.5], [0], [0], dist, rounding)
+                    tn.update_([torch.zeros(numel, dtype=dtype)], [1], [0.5], [0], [offset], dist, rounding)
     finally:
         for name, kernel in kernels.items():
             setattr(tn, name, kernel)
@@ -148,7 +150,7 @@ def _label(v):
     dtypes = {code: str(dtype).replace("torch.", "") for dtype, code in tn._DTYPE_CODES.items()}
     c = v["constexprs"]
     parts = [v["kernel"], dtypes.get(c.get("DTYPE"), ""), names[c["DIST"]],
-             {True: "stochastic", False: "nearest"}.get(c.get("STOCHASTIC"), "")]
+             {True: "stochastic", False: "nearest"}.get(c.get("STOCHASTIC"), ""), "masked" if c["MASKED"] else "full"]
     return "/".join(p for p in parts if p) + f"@sm{v['arch']}"
 
 
@@ -194,6 +196,9 @@ def test_every_kernel_and_target_is_compiled(compiled):
     assert compiled["kernels"] and {v["kernel"] for v in compiled["variants"]} == set(compiled["kernels"])
     assert {v["arch"] for v in compiled["variants"]} == set(ARCHS)
     assert all(".target sm_%d" % v["arch"] in v["ptx"] for v in compiled["variants"])
+    # full tiles run unmasked and partial ones masked: both are launched, so both are checked
+    assert {(v["kernel"], v["constexprs"]["MASKED"]) for v in compiled["variants"]} == {
+        (k, masked) for k in compiled["kernels"] for masked in (False, True)}
 
 
 @pytest.mark.parametrize("category", sorted(_BREAKS_BITS))
@@ -210,7 +215,7 @@ def test_spec_gaussian_divides_and_takes_square_roots_correctly_rounded(compiled
     from zokernels.triton import noise as tn
 
     gaussian = [v for v in compiled["variants"] if v["constexprs"]["DIST"] == tn.DIST_CODES["gaussian"]]
-    assert len(gaussian) == 7 * len(ARCHS)  # noise + 3 dtypes x 2 roundings
+    assert len(gaussian) == 2 * 7 * len(ARCHS)  # (noise + 3 dtypes x 2 roundings) x (masked, unmasked)
     for v in gaussian:
         assert {"div.rn.f32", "sqrt.rn.f32"} <= set(ptx_opcodes(v["ptx"])), _label(v)
 

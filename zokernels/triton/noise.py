@@ -111,23 +111,45 @@ def _rademacher(a):
 
 @triton.jit
 def _interleave4(x0, x1, x2, x3):
-    """[G] x 4 lanes -> [G, 4] in element order (join adds the new axis last, hence x0, x2 inside)."""
+    """[G] x 4 lanes -> [G, 4] in element order (join adds the new axis last, hence x0, x2 inside).
+    The joined axes stay inside one thread: a thread owns whole Philox groups, nothing is exchanged."""
     return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (x0.shape[0], 4))
 
 
 @triton.jit
-def _words(seed, key, g, tag: tl.constexpr):
-    c0 = (g & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (g >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(c0) + key.to(tl.uint32)
-    c3 = tl.full(c0.shape, tag, tl.uint32)
-    return tl.philox(seed, c0, c1, c2, c3, 10)
+def _tile(tile, offset, BLOCK: tl.constexpr):
+    """Tile `tile` covers the global groups [tile * BLOCK, (tile + 1) * BLOCK). Tiles are aligned to
+    BLOCK, a power of two, so none straddles a multiple of 2^32 groups: the high counter word is one
+    scalar per tile and the low word needs no carry. Returns the tensor index of the tile's first
+    element (int64 scalar), each element's index within the tile ([BLOCK, 4], int32, laid out as the
+    noise is) and the two counter words."""
+    g0 = tile * BLOCK
+    i = tl.arange(0, BLOCK)
+    c0 = (g0 & 0xFFFFFFFF).to(tl.uint32) + i.to(tl.uint32)
+    c1 = (g0 >> 32).to(tl.uint32)
+    base = g0 * 4 - offset
+    e = _interleave4(4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3)
+    return base, e, c0, c1
 
 
 @triton.jit
-def _noise(seed, key, g, DIST: tl.constexpr):
-    """z for the [G, 4] elements of groups g, float32."""
-    x0, x1, x2, x3 = _words(seed, key, g, _TAG_NOISE)
+def _tile_mask(base, e, numel, BLOCK: tl.constexpr):
+    """Which elements of a partial tile (a tensor's first or last) lie in the tensor, in 32 bits."""
+    lo = tl.minimum(tl.maximum(-base, 0), 4 * BLOCK).to(tl.int32)
+    hi = tl.minimum(tl.maximum(numel - base, 0), 4 * BLOCK).to(tl.int32)
+    return (e >= lo) & (e < hi)
+
+
+@triton.jit
+def _words(seed, key, c0, c1, tag: tl.constexpr):
+    # c1, key and tag are scalars: Philox's first round on the (c1, key) half runs once per tile
+    return tl.philox(seed, c0, c1, key.to(tl.uint32), tl.full([], tag, tl.uint32), 10)
+
+
+@triton.jit
+def _noise(seed, key, c0, c1, DIST: tl.constexpr):
+    """z for the [G, 4] elements of groups (c0, c1), float32."""
+    x0, x1, x2, x3 = _words(seed, key, c0, c1, _TAG_NOISE)
     if DIST == 0:
         za, zb = _gaussian_pair(x0, x1)
         zc, zd = _gaussian_pair(x2, x3)
@@ -144,8 +166,8 @@ def _noise(seed, key, g, DIST: tl.constexpr):
 
 
 @triton.jit
-def _rounding_bits(seed, key, g):
-    x0, x1, x2, x3 = _words(seed, key, g, _TAG_ROUNDING)
+def _rounding_bits(seed, key, c0, c1):
+    x0, x1, x2, x3 = _words(seed, key, c0, c1, _TAG_ROUNDING)
     return _interleave4(x0, x1, x2, x3)
 
 
@@ -190,43 +212,44 @@ def _round(s, r, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr):
     return out
 
 
-@triton.jit(do_not_specialize=["K"])
-def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.constexpr, DIST: tl.constexpr,
-                   STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    t = tl.load(prog_ptr + pid)
-    row = meta_ptr + t * 7
-    addr, numel, offset, key, first = tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(
-        row + 4)
-    src = tl.load(row + 5)  # where w is read from: addr itself, or the source of a perturbed copy
-    flag = tl.load(row + 6).to(tl.pointer_type(tl.int32))  # this tensor's non-finite flag
-    g = (offset >> 2) + (pid - first) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    j = (g * 4)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :] - offset  # tensor index of each element
-    mask = (j >= 0) & (j < numel)
-    if DTYPE == 0:
-        ptr = addr.to(tl.pointer_type(tl.float32)) + j
-        w = tl.load(src.to(tl.pointer_type(tl.float32)) + j, mask=mask, other=0.0)
-    elif DTYPE == 1:
-        ptr = addr.to(tl.pointer_type(tl.uint16)) + j
-        w = _bf16_bits_to_f32(tl.load(src.to(tl.pointer_type(tl.uint16)) + j, mask=mask, other=0))
+@triton.jit
+def _group_ptrs(addr, base, e, ELEM: tl.constexpr, MASKED: tl.constexpr):
+    """Pointers to a tile's elements. The unmasked launch holds only tiles whose Philox groups start on
+    a 4-element boundary in memory (the launcher checks), so it may say so: each thread then moves its
+    group's 4 elements as one vector, in the layout the noise is made in (no exchange through shared
+    memory). Without this hint Triton lays elements out one per thread to coalesce scalar accesses."""
+    p = addr.to(tl.pointer_type(ELEM)) + base + e
+    if not MASKED:
+        p = tl.max_contiguous(tl.multiple_of(p, [1, 4 * ELEM.primitive_bitwidth // 8]), [1, 4])
+    return p
+
+
+@triton.jit
+def _load(ptr, mask):
+    """Full tiles (mask None) load without a predicate; partial ones read 0 outside the tensor."""
+    if mask is None:
+        x = tl.load(ptr)
     else:
-        ptr = addr.to(tl.pointer_type(tl.float16)) + j
-        w = tl.load(src.to(tl.pointer_type(tl.float16)) + j, mask=mask, other=0.0).to(tl.float32)
-    for k in range(K):
-        seed = tl.load(seeds_ptr + k).to(tl.uint64, bitcast=True)
-        c = tl.load(coeffs_ptr + k)
-        s = w + c * _noise(seed, key, g, DIST)
-        if STOCHASTIC:
-            r = _rounding_bits(seed, key, g)
-        else:
-            r = tl.zeros(w.shape, tl.uint32)
-        w = _round(s, r, DTYPE, STOCHASTIC)
-    # Non-finite results (exponent all ones) are detected here, on the values about to be stored, so
-    # an overflow costs no pass of its own: every tile pays a mask and a max per element and one
-    # tile-wide max (about 5 SASS instructions per element on sm_90); only a tile that holds a
-    # non-finite value issues an atomic, one for the whole tile.
-    exponent = tl.where(mask, w.to(tl.uint32, bitcast=True) & 0x7F800000, 0)
-    tl.atomic_or(flag, 1, mask=tl.max(exponent) == 0x7F800000, sem="relaxed")
+        x = tl.load(ptr, mask=mask, other=0)
+    return x
+
+
+@triton.jit
+def _max_propagating_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _store_flagging_non_finite(ptr, w, flag, mask, DTYPE: tl.constexpr):
+    """Stores w (float32 values of the parameter dtype) and flags the tensor if any stored value is
+    non-finite, on the values about to be stored, so an overflow costs no pass of its own: one
+    NaN-propagating max of |w| per element (a single FMNMX) and one tile-wide max; only a tile that holds
+    a non-finite value issues an atomic, one for the whole tile."""
+    a = tl.abs(w)
+    if mask is not None:  # lanes outside the tensor computed 0 + c*z, which may overflow
+        a = tl.where(mask, a, 0.0)
+    largest = tl.reduce(a, None, _max_propagating_nan).to(tl.uint32, bitcast=True)
+    tl.atomic_or(flag, 1, mask=(largest & 0x7F800000) == 0x7F800000, sem="relaxed")
     if DTYPE == 0:
         tl.store(ptr, w, mask=mask)
     elif DTYPE == 1:
@@ -235,21 +258,79 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
         tl.store(ptr, w.to(tl.float16), mask=mask)
 
 
+@triton.jit(do_not_specialize=["K"])
+def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.constexpr, DIST: tl.constexpr,
+                   STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False):
+    # One row of meta per run of consecutive tiles of one tensor; MASKED launches hold the tiles that a
+    # tensor covers only in part (its first and last) and every tile of a tensor whose groups are not
+    # vector-aligned in memory; the others run without masks, as vectors.
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(prog_ptr + pid)
+    row = meta_ptr + t * 8
+    addr, numel, offset, key, first = tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(
+        row + 4)
+    src = tl.load(row + 5)  # where w is read from: addr itself, or the source of a perturbed copy
+    flag = tl.load(row + 6).to(tl.pointer_type(tl.int32))  # this tensor's non-finite flag
+    tile = tl.load(row + 7) + (pid - first)
+    base, e, c0, c1 = _tile(tile, offset, BLOCK)
+    mask = None
+    if MASKED:
+        mask = _tile_mask(base, e, numel, BLOCK)
+    if DTYPE == 0:
+        ptr = _group_ptrs(addr, base, e, tl.float32, MASKED)
+        w = _load(_group_ptrs(src, base, e, tl.float32, MASKED), mask)
+    elif DTYPE == 1:
+        ptr = _group_ptrs(addr, base, e, tl.uint16, MASKED)
+        w = _bf16_bits_to_f32(_load(_group_ptrs(src, base, e, tl.uint16, MASKED), mask))
+    else:
+        ptr = _group_ptrs(addr, base, e, tl.float16, MASKED)
+        w = _load(_group_ptrs(src, base, e, tl.float16, MASKED), mask).to(tl.float32)
+    for k in range(K):
+        seed = tl.load(seeds_ptr + k).to(tl.uint64, bitcast=True)
+        c = tl.load(coeffs_ptr + k)
+        s = w + c * _noise(seed, key, c0, c1, DIST)
+        if STOCHASTIC:
+            r = _rounding_bits(seed, key, c0, c1)
+        else:
+            r = tl.zeros(w.shape, tl.uint32)
+        w = _round(s, r, DTYPE, STOCHASTIC)
+    _store_flagging_non_finite(ptr, w, flag, mask, DTYPE)
+
+
 @triton.jit
-def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr):
-    # scalars travel as int64 in a tensor: python ints >= 2**31 would otherwise be typed per value
+def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False):
+    # scalars travel as int64 in a tensor: python ints >= 2**31 would otherwise be typed per value.
+    # Program p draws tile first + p * stride: the full tiles (stride 1) or the partial first and last.
     numel, offset, key = tl.load(args_ptr), tl.load(args_ptr + 1), tl.load(args_ptr + 3)
     seed = tl.load(args_ptr + 2).to(tl.uint64, bitcast=True)
-    pid = tl.program_id(0).to(tl.int64)
-    g = (offset >> 2) + pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    j = (g * 4)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :] - offset
-    tl.store(out_ptr + j, _noise(seed, key, g, DIST), mask=(j >= 0) & (j < numel))
+    tile = tl.load(args_ptr + 4) + tl.program_id(0).to(tl.int64) * tl.load(args_ptr + 5)
+    base, e, c0, c1 = _tile(tile, offset, BLOCK)
+    mask = None
+    if MASKED:
+        mask = _tile_mask(base, e, numel, BLOCK)
+    tl.store(_group_ptrs(out_ptr, base, e, tl.float32, MASKED), _noise(seed, key, c0, c1, DIST), mask=mask)
 
 
-def _programs(numel: int, offset: int, block: int) -> int:
+def _tiles(numel: int, offset: int, block: int, aligned: bool = True) -> tuple[list, list]:
+    """The tiles (of 4 * block elements, aligned in the global index) that elements [offset, offset +
+    numel) touch, as runs (first tile, count): those for the unmasked launch (covered whole, and only
+    when the tensor's groups are vector-aligned in memory), and those for the masked one."""
     if numel == 0:
-        return 0
-    return ((offset + numel - 1) // 4 - offset // 4) // block + 1
+        return [], []
+    size = 4 * block
+    first, last = offset // size, (offset + numel - 1) // size
+    if not aligned:
+        return [], [(first, last - first + 1)]
+    full_first, full_last = -(-offset // size), (offset + numel) // size - 1
+    full = [(full_first, full_last - full_first + 1)] if full_first <= full_last else []
+    partial = [(t, 1) for t in sorted({first, last}) if not full_first <= t <= full_last]
+    return full, partial
+
+
+def _groups_aligned(offset: int, *tensors: torch.Tensor) -> bool:
+    """Whether every Philox group (global elements 4g .. 4g + 3) starts on a 4-element boundary in
+    each tensor's memory, as a vector load of the group needs."""
+    return all((t.data_ptr() - offset * t.element_size()) % (4 * t.element_size()) == 0 for t in tensors)
 
 
 def _as_i64(x: int) -> int:
@@ -257,12 +338,21 @@ def _as_i64(x: int) -> int:
     return x - 2**64 if x >= 2**63 else x
 
 
+def _check_block(block: int) -> None:
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"block must be a power of two (tiles are aligned to it), got {block}")
+
+
 def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, block: int = BLOCK_G) -> None:
-    grid = (_programs(out.numel(), offset, block),)
-    if grid[0]:
-        args = torch.tensor([out.numel(), offset, _as_i64(seed), key], dtype=torch.int64, device=out.device)
-        _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, enable_fp_fusion=False,
-                            enable_reflect_ftz=False)
+    _check_block(block)
+    for masked, runs in zip((False, True), _tiles(out.numel(), offset, block, _groups_aligned(offset, out))):
+        if runs:
+            first, stride = runs[0][0], (runs[1][0] - runs[0][0] if len(runs) == 2 else 1)  # a run or 2 tiles
+            grid = (sum(n for _, n in runs),)
+            args = torch.tensor([out.numel(), offset, _as_i64(seed), key, first, stride], dtype=torch.int64,
+                                device=out.device)
+            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked,
+                                enable_fp_fusion=False, enable_reflect_ftz=False)
 
 
 def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None,
@@ -270,6 +360,7 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
     """Returns one int32 per tensor on the tensors' device, nonzero where this pass wrote a non-finite
     value. The flags are set inside the update kernel; reading them on the host waits for the kernel
     (a device sync), so a caller that must not sync keeps them on the device."""
+    _check_block(block)
     if not tensors:
         return torch.zeros(0, dtype=torch.int32)
     device = tensors[0].device
@@ -280,19 +371,21 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
     seeds_t = torch.tensor([_as_i64(s) for s in seeds], dtype=torch.int64, device=device)
     coeffs_t = torch.tensor(coeffs, dtype=torch.float32, device=device)
     for dtype, code in _DTYPE_CODES.items():
-        rows, counts = [], []
-        for i, (t, src, key, off) in enumerate(zip(tensors, sources, keys, offsets)):
-            n = _programs(t.numel(), off, block) if t.dtype == dtype else 0
-            if n:
-                rows.append([t.data_ptr(), t.numel(), off, key, sum(counts), src.data_ptr(),
-                             flags.data_ptr() + i * flags.element_size()])
-                counts.append(n)
-        if not rows:
-            continue
-        meta = torch.tensor(rows, dtype=torch.int64, device=device)
-        prog = torch.repeat_interleave(torch.arange(len(rows), dtype=torch.int32, device=device),
-                                       torch.tensor(counts, device=device))
-        _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
-                                       DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic", BLOCK=block,
-                                       enable_fp_fusion=False, enable_reflect_ftz=False)
+        for masked in (False, True):
+            rows, counts = [], []
+            for i, (t, src, key, off) in enumerate(zip(tensors, sources, keys, offsets)):
+                runs = _tiles(t.numel(), off, block, _groups_aligned(off, t, src))[masked] if t.dtype == dtype else []
+                for tile, n in runs:
+                    rows.append([t.data_ptr(), t.numel(), off, key, sum(counts), src.data_ptr(),
+                                 flags.data_ptr() + i * flags.element_size(), tile])
+                    counts.append(n)
+            if not rows:
+                continue
+            meta = torch.tensor(rows, dtype=torch.int64, device=device)
+            prog = torch.repeat_interleave(torch.arange(len(rows), dtype=torch.int32, device=device),
+                                           torch.tensor(counts, device=device))
+            _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
+                                           DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
+                                           BLOCK=block, MASKED=masked, enable_fp_fusion=False,
+                                           enable_reflect_ftz=False)
     return flags
