@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "zo_noise.h"
@@ -57,6 +58,32 @@ static std::vector<TensorArg> tensor_args(const std::vector<uintptr_t> &ptrs, co
     ts[i] = TensorArg{ptrs[i], srcs.empty() ? ptrs[i] : srcs[i], numels[i], offsets[i], keys[i], dtypes[i]};
   }
   return ts;
+}
+
+// Which seeds keep their noise for a later use of the same seed (zo_tiles.h, SeedUse).
+static std::vector<SeedUse> plan_seeds(const std::vector<uint64_t> &seeds) {
+  std::unordered_map<uint64_t, size_t> last;  // seed -> index of its last use
+  for (size_t k = 0; k < seeds.size(); ++k) last[seeds[k]] = k;
+  std::vector<SeedUse> uses(seeds.size(), SeedUse{-1, false});
+  std::unordered_map<uint64_t, int8_t> held;  // seed -> slot holding its z
+  bool busy[NOISE_SLOTS] = {};
+  for (size_t k = 0; k < seeds.size(); ++k) {
+    const bool used_again = last[seeds[k]] != k;
+    auto it = held.find(seeds[k]);
+    if (it != held.end()) {
+      uses[k] = SeedUse{it->second, true};
+      if (!used_again) busy[it->second] = false, held.erase(it);
+    } else if (used_again) {
+      for (int8_t slot = 0; slot < NOISE_SLOTS; ++slot)
+        if (!busy[slot]) {
+          busy[slot] = true;
+          held[seeds[k]] = slot;
+          uses[k] = SeedUse{slot, false};
+          break;
+        }
+    }
+  }
+  return uses;
 }
 
 static void check_dist(int dist) {
@@ -136,9 +163,10 @@ PYBIND11_MODULE(_C, m) {
         std::vector<int> non_finite(ts.size(), 0);
         const int K = (int)seeds.size();
         if (K == 0 && srcs.empty()) return non_finite;
+        const std::vector<SeedUse> uses = plan_seeds(seeds);
         const TileKernels *tiles = active;
         for_each_tile(ts, threads, [&](size_t i, int64_t tile) {
-          if (tiles->update_tile(ts[i], tile, seeds.data(), coeffs.data(), K, dist, rounding)) {
+          if (tiles->update_tile(ts[i], tile, seeds.data(), uses.data(), coeffs.data(), K, dist, rounding)) {
 #pragma omp atomic write
             non_finite[i] = 1;
           }

@@ -73,12 +73,13 @@ inline TileSpan span_of(const TensorArg &t, int64_t tile) {
 // (no extra pass), reach the all-ones exponent.
 template <bool Stochastic, typename Round>
 inline uint32_t apply_seeds(float *w, const TensorArg &t, const TileSpan &s, const uint64_t *seeds,
-                            const float *coeffs, int K, int dist, Round round) {
-  float z[TILE];
+                            const SeedUse *uses, const float *coeffs, int K, int dist, Round round) {
+  float kept[NOISE_SLOTS][TILE], own[TILE];
   uint32_t r[TILE];
   uint32_t largest = 0;
   for (int k = 0; k < K; ++k) {
-    noise_tile(seeds[k], t.key, dist, s.g0, z);
+    float(&z)[TILE] = uses[k].slot >= 0 ? kept[uses[k].slot] : own;
+    if (!uses[k].cached) noise_tile(seeds[k], t.key, dist, s.g0, z);
     if (Stochastic) rounding_bits_tile(seeds[k], t.key, s.g0, r);
     const float c = coeffs[k];
     if (k + 1 < K) {
@@ -96,16 +97,17 @@ inline uint32_t apply_seeds(float *w, const TensorArg &t, const TileSpan &s, con
 
 // 16-bit formats: widen the tile to float32 once, apply all K seeds rounding after each, narrow once.
 template <typename Widen, typename Narrow, typename NarrowSR>
-inline uint32_t update_tile_16(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const float *coeffs,
-                               int K, int dist, bool stochastic, Widen widen, Narrow narrow, NarrowSR narrow_sr) {
+inline uint32_t update_tile_16(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const SeedUse *uses,
+                               const float *coeffs, int K, int dist, bool stochastic, Widen widen, Narrow narrow,
+                               NarrowSR narrow_sr) {
   uint16_t *p = reinterpret_cast<uint16_t *>(t.ptr) + s.start;
   const uint16_t *q = reinterpret_cast<const uint16_t *>(t.src) + s.start;
   float w[TILE];
   for (int64_t i = s.lo; i < s.hi; ++i) w[i] = widen(q[i]);
   auto round_sr = [&](float v, uint32_t r) { return widen(narrow_sr(v, r)); };
   auto round_nearest = [&](float v, uint32_t) { return widen(narrow(v)); };
-  const uint32_t non_finite = stochastic ? apply_seeds<true>(w, t, s, seeds, coeffs, K, dist, round_sr)
-                                         : apply_seeds<false>(w, t, s, seeds, coeffs, K, dist, round_nearest);
+  const uint32_t non_finite = stochastic ? apply_seeds<true>(w, t, s, seeds, uses, coeffs, K, dist, round_sr)
+                                         : apply_seeds<false>(w, t, s, seeds, uses, coeffs, K, dist, round_nearest);
   for (int64_t i = s.lo; i < s.hi; ++i) p[i] = narrow(w[i]);  // exact: w holds representable values
   return non_finite;
 }
@@ -119,8 +121,8 @@ inline void prefetch_tile(const TensorArg &t, const TileSpan &s) {
   for (int64_t off = 0; off < n; off += 64) __builtin_prefetch(base + off, 1, 3);
 }
 
-uint32_t update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, const float *coeffs, int K, int dist,
-                     int rounding) {
+uint32_t update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, const SeedUse *uses, const float *coeffs,
+                     int K, int dist, int rounding) {
   const TileSpan s = span_of(t, tile);
   prefetch_tile(t, s);
   const bool sr = rounding == STOCHASTIC;
@@ -132,14 +134,14 @@ uint32_t update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, co
       const float *q = reinterpret_cast<const float *>(t.src) + s.start;
       for (int64_t i = s.lo; i < s.hi; ++i) p[i] = q[i];
     }
-    return apply_seeds<false>(p, t, s, seeds, coeffs, K, dist, [](float v, uint32_t) { return v; });
+    return apply_seeds<false>(p, t, s, seeds, uses, coeffs, K, dist, [](float v, uint32_t) { return v; });
   }
   if (t.dtype == BF16)
     return update_tile_16(
-        t, s, seeds, coeffs, K, dist, sr, [](uint16_t h) { return bf16_to_f32(h); },
+        t, s, seeds, uses, coeffs, K, dist, sr, [](uint16_t h) { return bf16_to_f32(h); },
         [](float v) { return f32_to_bf16(v); }, [](float v, uint32_t r) { return f32_to_bf16_sr(v, r); });
   return update_tile_16(
-      t, s, seeds, coeffs, K, dist, sr, [](uint16_t h) { return f16_to_f32(h); },
+      t, s, seeds, uses, coeffs, K, dist, sr, [](uint16_t h) { return f16_to_f32(h); },
       [](float v) { return f32_to_f16(v); }, [](float v, uint32_t r) { return f32_to_f16_sr(v, r); });
 }
 

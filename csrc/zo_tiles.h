@@ -23,12 +23,22 @@ struct TensorArg {
   int dtype;
 };
 
+// A seed that comes back later in one update's list (in-place ZO-SGD restores and updates along one z, and
+// fuse_steps puts the next step's seed between the two) has its noise computed once per tile and kept in
+// one of NOISE_SLOTS tile buffers until its last use; the plan is made once per call (plan_seeds in
+// zo_kernels.cpp). A seed that finds no free slot is computed again: the same bits either way.
+constexpr int NOISE_SLOTS = 2;
+struct SeedUse {
+  int8_t slot;  // the buffer holding this seed's z, or -1 when it is not kept
+  bool cached;  // z is already in slot (an earlier k computed it)
+};
+
 struct TileKernels {
   const char *isa;
   // w = round(w + coeffs[k] * z(seeds[k])) for k in order over one tile of t; returns nonzero when the
   // tile's elements hold an inf or NaN afterwards.
-  uint32_t (*update_tile)(const TensorArg &t, int64_t tile, const uint64_t *seeds, const float *coeffs, int K,
-                          int dist, int rounding);
+  uint32_t (*update_tile)(const TensorArg &t, int64_t tile, const uint64_t *seeds, const SeedUse *uses,
+                          const float *coeffs, int K, int dist, int rounding);
   // float32 z of one tile of t (t.dtype is F32).
   void (*noise_tile)(const TensorArg &t, int64_t tile, uint64_t seed, int dist);
 };
