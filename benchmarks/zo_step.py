@@ -13,13 +13,17 @@ of two runs. Variants:
   inplace        ZOSGD(mode="inplace"): +eps, -2eps, restore+update fused (3 passes)
   inplace-fused  ZOSGD(mode="inplace", fuse_steps=True): 2 passes per step
   shadow         ZOSGD(mode="shadow"): perturbed copies per module, one weight write per step
-Step time is the median over --steps steps after one warm-up step of each.
+Step time is the median over --steps steps after one warm-up step of each. A plain forward (no_grad) of
+the same model is timed in the same round-robin, and vs_two_forwards = step / (2 x forward median): a ZO
+step needs two forwards, so everything above 1 is the cost of the optimizer's passes over the weights.
+"load" is os.getloadavg() before and after the timings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -122,19 +126,23 @@ def timings(variants, steps: int, layers: int) -> list[dict]:
         step, opt = make_step(v, model, ids)
         step(0)  # warm-up
         runs[v] = dict(step=step, opt=opt, model=model, times=[])
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        runs[variants[0]]["model"](input_ids=ids, labels=ids)
-        forward_s = time.perf_counter() - t0
+    first = runs[variants[0]]["model"]
+    forwards = []
     for t in range(1, steps + 1):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            first(input_ids=ids, labels=ids)
+            forwards.append(time.perf_counter() - t0)
         for v in variants:
             t0 = time.perf_counter()
             runs[v]["step"](t)
             runs[v]["times"].append(time.perf_counter() - t0)
+    forward_s = statistics.median(forwards)
     results = []
     for v in variants:
         r, model = runs[v], runs[v]["model"]
-        results.append(dict(variant=v, step_s=statistics.median(r["times"]), forward_s=forward_s,
+        step_s = statistics.median(r["times"])
+        results.append(dict(variant=v, step_s=step_s, forward_s=forward_s, vs_two_forwards=step_s / (2 * forward_s),
                             weight_write_passes=r["opt"].stats["weight_write_passes"] if r["opt"] else 4,
                             param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
                             largest_module_bytes=max(sum(p.numel() * p.element_size()
@@ -160,7 +168,9 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown or args.steps < 1 or args.layers < 1:
         ap.error(f"bad --variants {sorted(unknown)}" if unknown else "--steps and --layers must be >= 1")
+    load_before = os.getloadavg()
     results = timings(variants, args.steps, args.layers)
+    load = dict(before=list(load_before), after=list(os.getloadavg()), cpus=os.cpu_count())
     for r in results:
         runs = []
         for _ in range(2):  # RSS sampling only errs upward (allocator slack): keep the smaller reading
@@ -176,14 +186,16 @@ def main() -> None:
             r["time_vs_inplace"] = r["step_s"] / by["inplace"]["step_s"]
     report = dict(benchmark="zokernels.zo_step", model="OPTForCausalLM(OPTConfig(num_hidden_layers="
                   f"{args.layers}))", batch=4, seq=32, threads=args.threads, steps=args.steps,
-                  params=by[variants[0]]["param_bytes"] // 4, results=results)
+                  params=by[variants[0]]["param_bytes"] // 4, load=load, results=results)
     print(json.dumps(report, indent=1))
     if args.table:
         print(f"\n{report['params'] / 1e6:.0f}M parameters, batch 4 x 32, {args.threads} threads, median of "
-              f"{args.steps} steps; one forward: {results[0]['forward_s'] * 1e3:.0f} ms")
-        print(f"{'variant':<15}{'step':>10}{'vs MeZO':>10}{'writes':>8}{'extra memory':>16}")
+              f"{args.steps} steps; one forward: {results[0]['forward_s'] * 1e3:.0f} ms; load average "
+              f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after, {load['cpus']} CPUs")
+        print(f"{'variant':<15}{'step':>10}{'vs MeZO':>10}{'vs 2 fwd':>10}{'writes':>8}{'extra memory':>16}")
         for r in results:
             print(f"{r['variant']:<15}{r['step_s'] * 1e3:>8.0f}ms{r.get('speedup_vs_mezo', 0):>9.2f}x"
+                  f"{r['vs_two_forwards']:>9.2f}x"
                   f"{r['weight_write_passes']:>8}{r['extra_rss_bytes'] / 2**20:>13.1f}MiB")
 
 
