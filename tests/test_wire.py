@@ -1,5 +1,7 @@
 """zofed.wire: exact sizes, round trips, byte accounting, and fuzzed decoders that only raise WireError."""
 
+import copy
+import pickle
 import struct
 import subprocess
 import sys
@@ -175,6 +177,7 @@ def test_votes_are_kept_bit_packed():
     assert tuple(v.signs) == signs and len(v.signs) == 9 and v.signs[-1] == -1 and v.signs[3] == 1
     assert v.signs == signs and v == Votes(7, list(signs)) != Votes(8, signs)
     assert hash(v) == hash(Votes(7, signs)) and "Votes(7" in repr(v)
+    assert copy.deepcopy(v) == pickle.loads(pickle.dumps(v)) == v
     with pytest.raises(IndexError):
         v.signs[9]
     for bad in ((0,), (1, 2), ("+",)):

@@ -154,6 +154,9 @@ class Votes:
     def __setattr__(self, name, value):
         raise AttributeError("Votes is immutable")
 
+    def __reduce__(self):  # copy and pickle through the packed bits
+        return Votes.from_bits, (self.first_step, self.count, self.bits)
+
     @classmethod
     def from_bits(cls, first_step: int, count: int, bits: bytes) -> "Votes":
         """Votes from their packed bits (no per-vote work): WireError unless exactly count bits, zero-padded."""
