@@ -7,7 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -102,6 +102,24 @@ struct Vec256 {
   }
 };
 #endif
+#if defined(__SSE2__)
+// x86-64's baseline. SSE2 has no dword blend: the products' halves are regrouped by shuffles instead.
+struct Vec128 {
+  using T = __m128i;
+  static constexpr int LANES = 4;
+  static T load(const uint32_t *p) { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)); }
+  static void store(uint32_t *p, T v) { _mm_storeu_si128(reinterpret_cast<__m128i *>(p), v); }
+  static T set1(uint32_t v) { return _mm_set1_epi32((int)v); }
+  static T xor3(T a, T b, T c) { return _mm_xor_si128(_mm_xor_si128(a, b), c); }
+  static void mulhilo(T a, T m, T &hi, T &lo) {
+    // even = (lo0, hi0, lo2, hi2), odd = (lo1, hi1, lo3, hi3) -> (lo0, lo2, hi0, hi2), (lo1, lo3, hi1, hi3)
+    T even = _mm_shuffle_epi32(_mm_mul_epu32(a, m), _MM_SHUFFLE(3, 1, 2, 0));
+    T odd = _mm_shuffle_epi32(_mm_mul_epu32(_mm_srli_epi64(a, 32), m), _MM_SHUFFLE(3, 1, 2, 0));
+    lo = _mm_unpacklo_epi32(even, odd);
+    hi = _mm_unpackhi_epi32(even, odd);
+  }
+};
+#endif
 
 // Philox4x32-10 in place on the 2 * V::LANES counters x0[0..], x1[0..], x2[0..], x3[0..].
 template <typename V>
@@ -149,6 +167,8 @@ static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint6
   for (; n + 2 * Vec512::LANES <= N; n += 2 * Vec512::LANES) philox_lanes<Vec512>(k, x0 + n, x1 + n, x2 + n, x3 + n);
 #elif defined(__AVX2__)
   for (; n + 2 * Vec256::LANES <= N; n += 2 * Vec256::LANES) philox_lanes<Vec256>(k, x0 + n, x1 + n, x2 + n, x3 + n);
+#elif defined(__SSE2__)
+  for (; n + 2 * Vec128::LANES <= N; n += 2 * Vec128::LANES) philox_lanes<Vec128>(k, x0 + n, x1 + n, x2 + n, x3 + n);
 #endif
   for (; n < N; ++n)
     for (int r = 0; r < PHILOX_ROUNDS; ++r) philox_round(x0[n], x1[n], x2[n], x3[n], k.a[r], k.b[r]);
