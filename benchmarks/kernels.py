@@ -11,6 +11,9 @@ machine noise hits them alike; each figure is the median of its --reps times. "p
 case's time as a multiple of the floor measured in the same run (perturb_ per dist; update_ with K=16
 seeds, K=2, and two K=1 calls: what fusing two updates into one pass saves); "results" gives MeZO time /
 ours, where 16 MeZO loops cost 16 times the median loop. "load" is os.getloadavg() before and after.
+On a loaded machine (load average above the core count) read the 2-thread floor with care: torch runs one
+OpenMP region per tensor, and each waits for a descheduled thread (we measured the 81M float32 floor at
+560-600 ms under load 3 on 2 cores, 13.5 ms at load 2.6); --threads 1 avoids the barriers.
 """
 
 from __future__ import annotations
