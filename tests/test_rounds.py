@@ -83,7 +83,7 @@ def test_kill_9_and_resume_is_bit_identical(tmp_path, name):
 
 def test_resume_refuses_what_does_not_match(tmp_path):
     rounds.run(_make("zowarmup", warmup_rounds=2, zo_rounds=2), out=str(tmp_path / "a"), progress=False)
-    with pytest.raises(ValueError, match="zo_lr: 0.02 there, 0.05 here"):
+    with pytest.raises(ValueError, match="zo_lr: 0.0001 there, 0.05 here"):
         rounds.run(_make("zowarmup", warmup_rounds=2, zo_rounds=2, zo_lr=0.05), out=str(tmp_path / "a"),
                    progress=False)
     sim.run(tasks.build("toy"), sim.SimConfig(clients=3, steps=2, lr=0.05), out=str(tmp_path / "b"), progress=False)

@@ -170,7 +170,8 @@ def _run_help() -> dict:
 def test_run_help_describes_every_flag_with_its_default_and_choices():
     helps = _run_help()
     for flag, text in helps.items():
-        assert text != "None ", f"{flag} has no help"
+        # a description first, then the notes in parentheses (choices, default, which strategies take it)
+        assert text != "None " and text[0] != "(", f"{flag} has no description: {text!r}"
     for flag in set(helps) - {"-h", "--config", "--no-progress", "--out"}:
         assert "default: " in helps[flag], (flag, helps[flag])
     for flag, choices in {"--dist": ("gaussian", "rademacher", "uniform"), "--convention": ("per-class", "per-client"),

@@ -66,30 +66,32 @@ class SimConfig(_Checked):
     """A simulated run of a step strategy (zofed.sim). lr is the step size (for FeedSign the size of each
     signed step along z)."""
 
-    strategy: str = "feedsign"
-    clients: int = 5
-    steps: int = 400
-    lr: float | None = None  # None: DEFAULT_LR of the strategy
-    eps: float = 1e-3
+    strategy: str = "feedsign"  # the federated algorithm
+    clients: int = 5  # K, simulated clients
+    steps: int = 400  # steps of the run
+    lr: float | None = None  # step size (FeedSign: each signed step along z); None: the strategy's default
+    eps: float = 1e-3  # perturbation scale
     batch: int = 16  # examples per client per step
     byzantine: int = 0  # the last `byzantine` clients attack (reversed sign / random projection)
     byzantine_scale: float = 100.0  # a random projection is uniform in [-scale, scale] (vader: median |p| 2.3)
     dirichlet: float | None = None  # label-skew concentration beta; None: iid
-    convention: str = "per-class"
-    dp_epsilon: float = 1.0
+    convention: str = "per-class"  # how --dirichlet skews the labels: a Dirichlet draw per class or per client
+    dp_epsilon: float = 1.0  # dp-feedsign: privacy budget per step
     aggregator: str = "mean"  # zo-fedsgd: mean (a seed per client), median or trimmed-mean (shared seed)
-    pool_size: int = 64
+    pool_size: int = 64  # fedkseed: candidate seeds in the pool
     pool_sampling: str = "uniform"  # fedkseed: uniform, or importance (FedKSeed's probability-differentiated)
     pool_local_steps: int = 1  # fedkseed: ZO-SGD steps per client per round
-    client_weights: str = "equal"  # fedkseed: clients weighed equally, or by data size (FedKSeed's option)
-    server_secret: int | None = None  # dp-feedsign: the server's private seed; None: os.urandom (kept in checkpoint)
+    client_weights: str = "equal"  # fedkseed: weigh clients equally, or by data size (FedKSeed's option)
+    # dp-feedsign: the server's private seed; None: drawn from os.urandom. Kept in the checkpoint only (not in
+    # summary.json, metrics or orbit); give one to make a DP-FeedSign run reproducible
+    server_secret: int | None = None
     participation: float = 1.0  # fraction of online clients sampled per round
     dropout: float = 0.0  # probability that a client is offline at a step (it catches up when back)
-    quorum: int | None = None
+    quorum: int | None = None  # replies that close a round; None: every sampled client
     deadline: float | None = None  # seconds; simulated reply latencies are uniform in [0, 1) s
-    dist: str = "gaussian"
-    seed: int = 0
-    eval_every: int = 50
+    dist: str = "gaussian"  # distribution of z
+    seed: int = 0  # the run seed
+    eval_every: int = 50  # steps between held-out evaluations
 
     def __post_init__(self):
         if self.lr is None:
@@ -138,18 +140,18 @@ class SimConfig(_Checked):
 class FedMeZOConfig(_Checked):
     """FedMeZO (zofed.fedmezo): `rounds` rounds of H = `local_steps` MeZO steps per client."""
 
-    clients: int = 5
-    rounds: int = 10
-    local_steps: int = 30  # H
-    lr: float = 1e-3  # eta_0
-    eps: float = 1e-3
-    batch: int = 16
-    encoding: str = "seeds"  # or "dense"
+    clients: int = 5  # K, simulated clients
+    rounds: int = 10  # communication rounds
+    local_steps: int = 30  # H: MeZO steps per client per round
+    lr: float = 1e-3  # eta_0: the MeZO step size
+    eps: float = 1e-3  # perturbation scale
+    batch: int = 16  # examples per client per MeZO step
+    encoding: str = "seeds"  # upload: seeds (H seed/projection pairs, replayed) or dense weights
     client_weights: str = "equal"  # the server's average: equal 1/N (fedmezo.txt eq. 1), or by data size (FedAvg)
     alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
-    signal: str = "update"
-    dirichlet: float | None = None
-    seed: int = 0
+    signal: str = "update"  # heterogeneity signal of the personalized rates (fedmezo.txt 5.4)
+    dirichlet: float | None = None  # label-skew concentration beta; None: iid
+    seed: int = 0  # the run seed
     eval_every: int = 1  # rounds between held-out evaluations
 
     def validate(self) -> None:
@@ -164,27 +166,27 @@ class FedMeZOConfig(_Checked):
 class ZOWarmUpConfig(_Checked):
     """ZOWarmUp (zofed.zowarmup): `warmup_rounds` first-order rounds, then `zo_rounds` zeroth-order ones."""
 
-    clients: int = 50
+    clients: int = 50  # K, simulated clients
     high_fraction: float = 0.1  # the high-resource tier's share of the clients (the "10/90" split: 0.1)
-    warmup_rounds: int = 100  # N
-    zo_rounds: int = 300  # M
+    warmup_rounds: int = 100  # N: first-order rounds
+    zo_rounds: int = 300  # M: zeroth-order rounds
     participation: float = 1.0  # fraction of the eligible clients sampled per round (at least one)
-    local_epochs: int = 3
-    fo_batch: int = 64
+    local_epochs: int = 3  # client SGD epochs per warm-up round
+    fo_batch: int = 64  # client SGD batch in the warm-up
     fo_lr: float = 0.1  # client SGD step in the warm-up
-    server_opt: str = "fedavg"
-    server_lr: float = 1.0
+    server_opt: str = "fedavg"  # the server optimizer
+    server_lr: float = 1.0  # the server optimizer's step
     zo_lr: float = 1e-4  # eta_zo; small because "sum" adds up |Q| * S estimates (150 with every client, S = 3)
     # the ZO update's estimate g: "sum" of the |Q| * S per-probe estimates (Algorithm 1, line 31), or "data-mean":
     # their mean weighted by the clients' data sizes (sum_j n_j / n / S, about |Q| * S times smaller: scale zo_lr)
     zo_update: str = "sum"
-    perturbations: int = 3  # S
-    tau: float = 0.75
-    eps: float = 1e-3
-    dirichlet: float | None = 0.1  # label skew; None: iid
+    perturbations: int = 3  # S: seeds per client per ZO round
+    tau: float = 0.75  # scale of the Rademacher probes (z = tau * r)
+    eps: float = 1e-3  # perturbation scale
+    dirichlet: float | None = 0.1  # label-skew concentration beta; None: iid
     high_res_only: bool = False  # the baseline: low-resource clients left out, every round first-order
-    seed: int = 0
-    eval_every: int = 10
+    seed: int = 0  # the run seed
+    eval_every: int = 10  # rounds between held-out evaluations
 
     @property
     def rounds(self) -> int:

@@ -27,7 +27,7 @@ import torch
 from . import atomic
 from . import orbit as orbits
 from . import strategies
-from .client import Replica, weights_sha256
+from .client import Replica, local_steps, weights_sha256
 from .configs import DEFAULT_LR, SimConfig  # noqa: F401 (DEFAULT_LR: part of this module's API)
 from .data import dirichlet_split, iid_split
 from .seeds import unit
@@ -174,13 +174,14 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
     from tqdm import tqdm
 
     model = task.model
-    server_strategy, strategy = cfg.make_strategy(), cfg.make_strategy()
+    parts = split_clients(task, cfg)
+    sizes = [len(p) for p in parts]  # FedKSeed's data-size client weights
+    server_strategy, strategy = cfg.make_strategy(data_sizes=sizes), cfg.make_strategy(data_sizes=sizes)
     counter = ByteCounter()
     server = ParameterServer(server_strategy, cfg.clients, participation=cfg.participation, quorum=cfg.quorum,
                              deadline=cfg.deadline, sampling_seed=derive_seed(cfg.seed, _SECRET),
                              secret=cfg.server_secret, counter=counter)  # None: private, os.urandom
     replica = Replica(model, eps=cfg.eps, dist=cfg.dist, keep_base=isinstance(strategy, strategies.FedKSeed))
-    parts = split_clients(task, cfg)
     byzantine = set(range(cfg.clients - cfg.byzantine, cfg.clients))
     base_sha = weights_sha256(model)
     with contextlib.ExitStack() as stack:  # the folder stays locked until every output is written
@@ -209,8 +210,7 @@ def run(task, cfg: SimConfig, out: str | None = None, progress: bool = True, che
             step = server.step
             _availability(server, cfg, step)
             sampled = server.open_round()
-            batches = {c: [parts[c][i] for i in np.random.default_rng([cfg.seed, step, c]).integers(
-                0, len(parts[c]), cfg.batch)] for c in sampled}
+            batches = {c: _batches(parts[c], cfg, step, c, strategy.local_steps) for c in sampled}
             proj, losses = _projections(task, replica, strategy, step, batches, cfg.eps)
             arrivals = sorted((unit(cfg.seed, _LATENCY, step, server.attempt, c), c) for c in sampled)
             counted = [c for at, c in arrivals
@@ -274,20 +274,34 @@ def _availability(server: ParameterServer, cfg: SimConfig, step: int) -> None:
         bring_online(0)
 
 
+def _batches(part: list[int], cfg: SimConfig, step: int, client: int, count: int) -> list[list[int]]:
+    """A client's `count` batches of a step (one per local step), drawn with replacement from its examples by
+    a generator seeded with (seed, step, client)."""
+    drawn = np.random.default_rng([cfg.seed, step, client]).integers(0, len(part), cfg.batch * count)
+    return [[part[i] for i in drawn[h * cfg.batch:(h + 1) * cfg.batch]] for h in range(count)]
+
+
 def _projections(task, replica, strategy, step, batches, eps):
-    """Each answering client's projection and mean loss at w +- eps z on its batch."""
+    """Each answering client's projection and mean loss at w +- eps z on its batch. With local steps (FedKSeed's
+    H > 1) a client's H projections along its local ZO-SGD steps (client.local_steps) and its mean loss over them."""
     proj, losses = {}, {}
     model = replica.model
+    if strategy.local_steps > 1:
+        for c, client_batches in batches.items():
+            closures = [lambda b=b: task.losses(model, task.batch(b)) for b in client_batches]
+            proj[c], client_losses = local_steps(replica, strategy, step, c, closures)
+            losses[c] = float(np.mean(client_losses))
+        return proj, losses
     groups = [list(batches)] if strategy.shared_seed else [[c] for c in batches]
     for group in groups:
         seed = strategy.seed_for(step, group[0])
-        indices = [i for c in group for i in batches[c]]
+        indices = [i for c in group for i in batches[c][0]]
         plus, minus = replica.evaluate_pair(seed, lambda: task.losses(model, task.batch(indices)))
         if not (torch.isfinite(plus).all() and torch.isfinite(minus).all()):
             raise FloatingPointError(f"non-finite loss at step {step}; the weights were left unchanged")
         n = 0
         for c in group:
-            k = len(batches[c])
+            k = len(batches[c][0])
             lp, lm = float(plus[n:n + k].mean()), float(minus[n:n + k].mean())
             proj[c], losses[c] = (lp - lm) / (2 * eps), (lp + lm) / 2
             n += k
@@ -303,8 +317,9 @@ def _mean_bytes(counter: ByteCounter, clients: int) -> dict:
 
 
 def _summary(cfg, task, first, rows, counter, server, base_sha, final_sha, seconds) -> dict:
-    summary = summarize(dataclasses.asdict(cfg), task, first, rows, counter, cfg.clients, cfg.steps, seconds,
-                        base_sha, final_sha)
+    # DP-FeedSign's server secret stays in the server's checkpoint: a summary is for anyone who reads the run
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "server_secret"}
+    summary = summarize(config, task, first, rows, counter, cfg.clients, cfg.steps, seconds, base_sha, final_sha)
     for c in summary["clients"]:
         c["byzantine"] = c["client"] >= cfg.clients - cfg.byzantine
     summary.update(payload_bits_up_per_client_per_step=summary["payload_bits_up_per_client"] / cfg.steps,
