@@ -1,5 +1,6 @@
 """Resumable runs: kill -9 at any point, run the same thing again, end bit-identical; nothing written is lost."""
 
+import errno
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import time
 import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
-from zofed import sim, tasks
+from zofed import atomic, sim, tasks
 
 CFG = dict(strategy="fedkseed", clients=4, steps=300, lr=0.05, batch=8, eval_every=25, seed=3, dropout=0.2,
            pool_size=16)
@@ -72,3 +73,19 @@ def test_resume_refuses_another_config(tmp_path):
     with pytest.raises(ValueError, match="task.hidden: 8 there, 9 here"):
         sim.run(tasks.build("toy", hidden=9), sim.SimConfig(**cfg), out=str(tmp_path), progress=False)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 20  # untouched by the refusals
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_tmp(tmp_path, monkeypatch):
+    path = tmp_path / "f"
+    atomic.write_bytes(str(path), b"old")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):  # os.replace onto a folder
+        atomic.write_bytes(str(tmp_path / "folder"), b"new")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        atomic.write_bytes(str(path), b"new")
+    assert path.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["f", "folder"]

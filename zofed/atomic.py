@@ -29,11 +29,16 @@ class FolderInUseError(RuntimeError):
 
 def write_bytes(path, data: bytes) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an error or Ctrl-C mid-write: leave the old file and no partial copy
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 # (header with the content's sha256 as 64 hex digits, trailer): everything but the digest is fixed bytes
