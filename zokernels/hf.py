@@ -57,9 +57,12 @@ class ZOTrainer(Trainer):
         if self.optimizer is None:
             model = self.model
             groups = [g for g in zo_param_groups(model, self.args.weight_decay) if g["params"]]
+            # launched on several processes (torchrun, accelerate launch), each rank's data shard gives its
+            # losses; one all-reduce of them per step keeps every replica identical (data-parallel ZO)
+            group = torch.distributed.group.WORLD if self.args.world_size > 1 else None
             self.zo_optimizer = _TrainerZOSGD(self, groups, lr=self.args.learning_rate, eps=self.zo_eps,
                                               mode=self.zo_mode, module=model, seed=self.args.seed,
-                                              **self.zo_options)
+                                              process_group=group, **self.zo_options)
             self.optimizer = self.zo_optimizer
         return self.optimizer
 

@@ -129,6 +129,8 @@ def _f32(value: float, what: str) -> float:
 
 
 def _loss_value(loss, what: str) -> float:
+    """The closure's loss as a float (finite or not: checked once the step's losses are in, after the
+    process group's all-reduce, so that every rank raises together)."""
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             raise ValueError(f"the closure must return a scalar loss; it returned a tensor of shape "
@@ -139,9 +141,6 @@ def _loss_value(loss, what: str) -> float:
     else:
         raise TypeError(f"the closure must return the loss as a scalar tensor or a number; it returned "
                         f"{type(loss).__name__} at {what} (a missing `return`?)")
-    if not math.isfinite(value):
-        raise FloatingPointError(f"the closure returned a non-finite loss ({value}) at {what}; "
-                                 "the weights were restored (in place: up to rounding) and no update was applied")
     return value
 
 
@@ -323,12 +322,17 @@ class ZOSGD(torch.optim.Optimizer):
             The weights are then perturbed between steps: call flush() before evaluating or saving
             (state_dict() does).
         module: the model whose modules shadow mode hooks, when `params` are named groups.
+        process_group: data-parallel ZO over a torch.distributed group (e.g. dist.group.WORLD; None: no
+            communication). Every rank evaluates the same seeds on its own batch and the step's 2q losses
+            are averaged over the group in one all-reduce, so every rank applies the same update and the
+            replicas stay bit-identical with no weight traffic. The ranks must start from the same weights
+            (DDP broadcasts them when it wraps the model) and call step() in lockstep.
     """
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, *, mode="inplace",
                  q: int = 1, dist: str = "gaussian", one_sided: bool = False, sign: bool = False,
                  momentum: float = 0.0, rounding: str = "nearest", seed: int = 0, fuse_steps: bool = False,
-                 module: nn.Module | None = None, backend: str | None = None):
+                 module: nn.Module | None = None, backend: str | None = None, process_group=None):
         if mode not in ("inplace", "shadow"):
             raise ValueError(f"mode must be 'inplace' or 'shadow', got {mode!r}")
         if isinstance(q, bool) or not isinstance(q, int) or q < 1:
@@ -340,6 +344,13 @@ class ZOSGD(torch.optim.Optimizer):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         seed = ops._as_int(seed, "seed", 0, spec.SEED_MAX)
+        if process_group is not None:
+            import torch.distributed as tdist  # not `dist`: that is the noise distribution here
+
+            if not (tdist.is_available() and tdist.is_initialized()):
+                raise ValueError("process_group given but torch.distributed is not initialized: call "
+                                 "torch.distributed.init_process_group first (torchrun / accelerate launch do)")
+        self.process_group = process_group
         given, groups = _named_groups(params, weight_decay)
         module = module or given
         if mode == "shadow" and module is None:
@@ -468,25 +479,55 @@ class ZOSGD(torch.optim.Optimizer):
             raise
 
     def _projections(self, closure, seeds: list[int]) -> tuple[list[float], float]:
-        """g_j for each seed and the first loss; in-place mode leaves the last restore in self._restore."""
+        """g_j for each seed and the first loss; in-place mode leaves the last restore in self._restore.
+        With a process group the 2q losses (q + 1 one-sided) are averaged over its ranks in one all-reduce."""
         eps, t = self.eps, self.step_count
-        base = self._loss(closure, f"step {t}, unperturbed") if self.one_sided else None
-        proj, first = [], None
+        whats, losses = [], []
+
+        def loss(what, seed=None, scale=0.0):
+            whats.append(f"step {t}, {what}")
+            losses.append(self._loss(closure, whats[-1], seed, scale))
+
+        if self.one_sided:
+            loss("unperturbed")
         for s in seeds:
             if self._shadow is not None:
-                lp = self._loss(closure, f"step {t}, +eps", s, eps)
-                lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps", s, -eps)
+                loss("+eps", s, eps)
+                if not self.one_sided:
+                    loss("-eps", s, -eps)
             else:
                 self._write([(s, eps)], self._take_deferred(), restore=True, what="the +eps perturbation")
                 self._restore = [(s, -eps)]
-                lp = self._loss(closure, f"step {t}, +eps")
+                loss("+eps")
                 if not self.one_sided:
                     self._write([(s, -2 * eps)], what="the -2 eps perturbation")
                     self._restore = [(s, eps)]
-                lm = base if self.one_sided else self._loss(closure, f"step {t}, -eps")
-            proj.append((lp - lm) / (eps if self.one_sided else 2 * eps))
-            first = lp if first is None else first
-        return proj, base if self.one_sided else first
+                    loss("-eps")
+        losses = self._average(losses)
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            self._flush()  # in place: put the weights back
+            where = " (averaged over the process group: a rank's closure returned it)" if self.process_group else ""
+            raise FloatingPointError(f"the closure returned a non-finite loss ({losses[bad]}) at {whats[bad]}{where}; "
+                                     "the weights were restored (in place: up to rounding) and no update was applied")
+        if self.one_sided:
+            base, plus = losses[0], losses[1:]
+            return [(lp - base) / eps for lp in plus], base
+        plus, minus = losses[0::2], losses[1::2]
+        return [(lp - lm) / (2 * eps) for lp, lm in zip(plus, minus)], plus[0]
+
+    def _average(self, losses: list[float]) -> list[float]:
+        """The losses averaged over the process group's ranks (float64, one all-reduce), or as they are."""
+        if self.process_group is None:
+            return losses
+        import torch.distributed as tdist
+
+        nccl = tdist.get_backend(self.process_group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        buf = torch.tensor(losses, dtype=torch.float64, device=device)
+        tdist.all_reduce(buf, op=tdist.ReduceOp.SUM, group=self.process_group)
+        self.stats["allreduce_numbers"] = self.stats.get("allreduce_numbers", 0) + len(losses)
+        return (buf / tdist.get_world_size(self.process_group)).tolist()
 
     def _take_restore(self) -> tuple[list[tuple[int, float]], list[float] | None]:
         terms, factors = self._restore, self._restore_factors
