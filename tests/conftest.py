@@ -35,3 +35,14 @@ def backend(request):
 
 def pytest_report_header(config):
     return f"zokernels backends: {available_backends()}"
+
+
+@pytest.fixture
+def isa_restored():
+    """The C++ extension, with its ISA variant put back after a test that switches it (set_isa)."""
+    from zokernels import _cpu
+
+    c = _cpu.require()
+    before = c.isa()
+    yield c
+    c.set_isa(before)

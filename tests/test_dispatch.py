@@ -39,14 +39,6 @@ def test_the_fastest_variant_this_cpu_supports_is_chosen():
         assert c.isa() == supported[0]
 
 
-@pytest.fixture
-def isa_restored():
-    c = _cpu.require()
-    before = c.isa()
-    yield c
-    c.set_isa(before)
-
-
 SIZES = [1, 2, 3, 5, 15, 16, 17, 63, 511, 512, 513, 1029]  # around the 4-element group, 16-group vector, 512 tile
 OFFSETS = [0, 1, 2, 3, 5, 13, 509, 2**32 - 3]
 

@@ -33,14 +33,6 @@ def _update(c, ws, seeds, coeffs, dist, dtype, rounding):
              [_cpu.DTYPE_CODES[dtype]] * len(ws), seeds, coeffs, _cpu.DIST_CODES[dist], rounding, 2)
 
 
-@pytest.fixture
-def isa_restored():
-    c = _cpu.require()
-    before = c.isa()
-    yield c
-    c.set_isa(before)
-
-
 @pytest.mark.parametrize("pattern", PATTERNS, ids=str)
 def test_repeated_seeds_give_the_bits_of_one_call_per_pair(isa_restored, pattern):
     c = isa_restored
