@@ -27,7 +27,7 @@ $(VENV)/.hf-deps: $(VENV)/.deps
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.hf-deps
-	$(BIN)/pip install -q "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "triton>=3.0"
+	$(BIN)/pip install -q "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "triton>=3.0" "flwr>=1.41,<2"
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(EXT_SRC)
