@@ -78,7 +78,7 @@ def _reframe(kind, body, version=1):
     (_reframe(2, struct.pack("<QI", 0, 1) + struct.pack("<f", float("nan"))), "non-finite"),
     (_reframe(3, struct.pack("<QI", 0, 2**30)), "exceed the limit"),
     (_reframe(1, struct.pack("<QI", 2**63, 0)), "step"),
-    (_reframe(9, b""), "unknown message type 9"),
+    (_reframe(99, b""), "unknown message type 99"),
     (_reframe(1, struct.pack("<QI", 0, 0), version=2), "wire version 2"),
     (b"XY" + _reframe(1, struct.pack("<QI", 0, 0))[2:], "magic"),
     (_reframe(4, b"\x00" * 10), "Checksum body is 10 bytes"),
@@ -165,7 +165,7 @@ def test_header_names_type_and_size_without_reading_the_body():
     frame = bytearray(encode(Votes(3, (1, -1, 1))))
     frame[-1] ^= 0xFF  # a corrupt CRC: the header alone is still readable
     assert header(bytes(frame)) == (Votes, 13)
-    for bad, match in ((b"ZF\x01", "truncated"), (_reframe(9, b""), "unknown message type 9")):
+    for bad, match in ((b"ZF\x01", "truncated"), (_reframe(99, b""), "unknown message type 99")):
         with pytest.raises(WireError, match=match):
             header(bad)
 

@@ -19,7 +19,8 @@ from torch import nn
 import zokernels
 
 from .strategies import FedKSeed, Strategy
-from .wire import Checksum, Dense, PoolState, decode, encode
+from .transport import split_frames
+from .wire import Ask, Checksum, Dense, PoolState, Report, decode, encode
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -50,6 +51,7 @@ class Replica:
         self.opt = zokernels.ZOSGD(model, lr=0.0, eps=eps, mode="shadow", dist=dist, backend=backend)
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
         self.base = [p.detach().clone() for p in self.params] if keep_base else None
+        self.step = 0  # the step whose starting weights it holds (advance() moves it)
 
     def projection(self, seed: int, closure: Callable[[], torch.Tensor]) -> float:
         """(L(w + eps z) - L(w - eps z)) / (2 eps) on the closure's batch."""
@@ -82,6 +84,16 @@ class Replica:
                 seeds, coeffs = [], []
         if seeds:
             self.opt.apply_updates(seeds, coeffs)
+
+    def advance(self, first_step: int, steps: list[list[tuple]]) -> None:
+        """Apply the ops of steps first_step, first_step + 1, ... (one list per step), skipping those this
+        replica already holds: a replica shared by several clients takes each step once. Its weights at a step
+        are a function of the broadcasts before it, the same for every client, so sharing is exact."""
+        if first_step > self.step:
+            raise ValueError(f"the ops of step {first_step} arrived at a replica on step {self.step}")
+        skip = self.step - first_step
+        self.apply([op for ops in steps[skip:] for op in ops])
+        self.step = max(self.step, first_step + len(steps))
 
     def close(self) -> None:
         """Remove the shadow-mode hooks: the model runs plain forwards again."""
@@ -128,50 +140,104 @@ def local_steps(replica: Replica, strategy: Strategy, step: int, client: int,
 
 
 class Client:
-    """One federated client: its replica, its own copy of the strategy's state, and its step counter.
+    """One federated client: its replica (possibly shared with other clients of this process, see
+    Replica.advance), its own copy of the strategy's state, and its step counter. The one client runtime:
+    every transport drives `handle`.
 
-    loss(batch) -> scalar tensor runs the model on the client's data; `answer` returns the encoded reply
-    for the current step, `receive` applies a broadcast, `catch_up` applies the frames a returning
-    client gets from the server, `checksum` is the replica digest to report.
+    data(step) -> the step's closures (one per local step; each returns a loss or per-example losses) on the
+    client's own examples. `answer` returns the encoded reply for the current step, `receive` applies a
+    broadcast, `catch_up` applies the frames a returning client gets from the server, `checksum` is the
+    replica digest to report, `handle` does any of them as a transport's request asks (zofed.transport).
     """
 
-    def __init__(self, cid: int, replica: Replica, strategy: Strategy, *, byzantine: bool = False):
+    def __init__(self, cid: int, replica: Replica, strategy: Strategy, *, byzantine: bool = False, data=None):
         if isinstance(strategy, FedKSeed) and replica.base is None:
             raise ValueError("a FedKSeed client needs Replica(..., keep_base=True)")
-        self.cid, self.replica, self.strategy, self.byzantine = cid, replica, strategy, byzantine
+        self.cid, self.replica, self.strategy, self.byzantine, self.data = cid, replica, strategy, byzantine, data
         self.step = 0
+
+    def _projection(self, step: int, closures: Sequence[Callable]) -> tuple:
+        """(projection, loss) at the replica's current weights: with local steps, the H projections and the
+        mean of their losses. A closure's outputs are averaged (per-example losses)."""
+        if self.strategy.local_steps > 1:
+            projections, losses = local_steps(self.replica, self.strategy, step, self.cid, closures)
+            return projections, float(np.mean(losses))
+        (closure,) = closures
+        plus, minus = self.replica.evaluate_pair(self.strategy.seed_for(step, self.cid), closure)
+        lp, lm = float(plus.float().mean()), float(minus.float().mean())
+        g = (lp - lm) / (2 * self.replica.eps)
+        if not math.isfinite(g):
+            raise FloatingPointError(f"non-finite loss for client {self.cid} at step {step}; the weights were "
+                                     "left unchanged")
+        return g, (lp + lm) / 2
 
     def answer(self, closure: Callable[[], torch.Tensor] | Sequence[Callable[[], torch.Tensor]]) -> bytes:
         """The reply for the current step; with local steps, `closure` is one closure per local step."""
-        if self.strategy.local_steps == 1 and callable(closure):
-            p = self.replica.projection(self.strategy.seed_for(self.step, self.cid), closure)
-        else:
-            p, _ = local_steps(self.replica, self.strategy, self.step, self.cid, closure)
+        p, _ = self._projection(self.step, [closure] if callable(closure) else closure)
         return encode(self.strategy.up(self.step, self.cid, p, self.byzantine))
 
+    def _round(self, ask: Ask) -> list[bytes]:
+        """The reply to a round of ask.count steps, every step's projection taken at the current weights (the
+        round's), and the Report of their losses."""
+        if ask.step != self.step:
+            raise ValueError(f"client {self.cid} is on step {self.step}, asked to answer step {ask.step}")
+        if self.replica.step != self.step:
+            raise ValueError(f"client {self.cid} on step {self.step} shares a replica on step {self.replica.step}")
+        if self.data is None:
+            raise ValueError(f"client {self.cid} has no data to answer with (Client(..., data=))")
+        results = [self._projection(t, self.data(t)) for t in range(ask.step, ask.step + ask.count)]
+        reply = self.strategy.reply(ask.step, self.cid, [p for p, _ in results], self.byzantine)
+        return [encode(reply), encode(Report(ask.step, tuple(loss for _, loss in results)))]
+
+    def _ops(self, msg) -> tuple[int, list[list[tuple]]]:
+        """(first step, per-step ops) of a broadcast, history or pool state; moves the client's step past it."""
+        if isinstance(msg, PoolState):
+            if not isinstance(self.strategy, FedKSeed):
+                raise ValueError("a pool state arrived for a strategy without a seed pool")
+            ops = self.strategy.load(msg)
+            self.step = msg.step
+            return msg.step - 1, [ops]  # the rebuild the step before msg.step ends with
+        first, steps = self.step, []
+        for down in self.strategy.steps_of(msg):
+            if down.first_step != self.step:
+                raise ValueError(f"catch-up for step {down.first_step} arrived at a client on step {self.step}")
+            steps.append(self.strategy.ops(self.step, down))
+            self.step += 1
+        return first, steps
+
+    def _apply(self, msgs) -> None:
+        for msg in msgs:
+            first, steps = self._ops(msg)
+            if isinstance(msg, PoolState) and self.replica.step >= msg.step:
+                continue  # a shared replica already holds that step's weights
+            if isinstance(msg, PoolState):
+                self.replica.apply(steps[0])
+                self.replica.step = msg.step
+            else:
+                self.replica.advance(first, steps)
+
     def receive(self, frame: bytes) -> None:
-        self.replica.apply(self.strategy.ops(self.step, decode(frame)))
-        self.step += 1
+        self._apply([decode(frame)])
 
     def catch_up(self, frames: Iterable[bytes]) -> None:
-        ops: list[tuple] = []
-        for frame in frames:
-            msg = decode(frame)
-            if isinstance(msg, PoolState):
-                if not isinstance(self.strategy, FedKSeed):
-                    raise ValueError("a pool state arrived for a strategy without a seed pool")
-                ops.extend(self.strategy.load(msg))
-                self.step = msg.step
-                continue
-            for down in self.strategy.steps_of(msg):
-                if down.first_step != self.step:
-                    raise ValueError(f"catch-up for step {down.first_step} arrived at a client on step {self.step}")
-                ops.extend(self.strategy.ops(self.step, down))
-                self.step += 1
-        self.replica.apply(ops)
+        self._apply([decode(f) for f in frames])
 
     def checksum(self) -> bytes:
         return encode(Checksum(self.step, self.replica.digest()))
+
+    def handle(self, request: bytes) -> bytes:
+        """A transport's request (zofed.transport): apply its broadcasts, histories and pool states in order,
+        answer its Asks; returns the reply frames."""
+        reply: list[bytes] = []
+        for frame in split_frames(request):
+            msg = decode(frame)
+            if isinstance(msg, Ask):
+                reply += self._round(msg) if msg.count else [self.checksum()]
+            elif isinstance(msg, (Checksum, Report)):
+                raise ValueError(f"a {type(msg).__name__} frame is a client's to send, not to receive")
+            else:
+                self._apply([msg])
+        return b"".join(reply)
 
 
 def flat_weights(params) -> torch.Tensor:
@@ -199,3 +265,60 @@ def to_dense(step: int, flat: torch.Tensor) -> Dense:
 
 def from_dense(msg: Dense) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(msg.data, dtype="<f4").copy())
+
+
+def split_clients(task, cfg) -> list[list[int]]:
+    """Each client's examples (indices into the task's training set): iid, or Dirichlet(cfg.dirichlet) label skew."""
+    from .data import dirichlet_split, iid_split
+
+    if cfg.dirichlet is None:
+        return iid_split(task.labels, cfg.clients, seed=cfg.seed)
+    return dirichlet_split(task.labels, cfg.clients, cfg.dirichlet, convention=cfg.convention, seed=cfg.seed,
+                           min_size=1)
+
+
+def batches(part: list[int], cfg, step: int, client: int, count: int) -> list[list[int]]:
+    """A client's `count` batches of a step (one per local step), drawn with replacement from its examples by
+    a generator seeded with (seed, step, client)."""
+    drawn = np.random.default_rng([cfg.seed, step, client]).integers(0, len(part), cfg.batch * count)
+    return [[part[i] for i in drawn[h * cfg.batch:(h + 1) * cfg.batch]] for h in range(count)]
+
+
+def run_config(cfg, task) -> dict:
+    """What a client needs to rebuild itself anywhere (JSON-serializable): the run's config and the task."""
+    import dataclasses
+
+    return dict(config=dataclasses.asdict(cfg), task=task.name, task_options=dict(task.options))
+
+
+def make_clients(run_config: dict, cids, *, shared: bool = False, task=None) -> dict[int, Client]:
+    """The clients `cids` of a run, each with its data, its strategy instance and a replica: its own (a copy
+    of the task's model), or with shared=True one replica for all of them, the task's model itself. `task`:
+    the run's task if this process has it already (else built from the run config)."""
+    import copy
+
+    from . import tasks
+    from .configs import SimConfig
+
+    cfg = SimConfig(**run_config["config"])
+    if task is None:
+        task = tasks.build(run_config["task"], **run_config["task_options"])
+    parts = split_clients(task, cfg)
+    sizes = [len(p) for p in parts] if cfg.client_weights == "data-size" else None
+    keep_base = cfg.strategy == "fedkseed"
+    one = Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=keep_base) if shared else None
+    clients = {}
+    for c in cids:
+        replica = one or Replica(copy.deepcopy(task.model), eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)
+
+        def data(step, c=c, model=replica.model, strategy_h=cfg.pool_local_steps if keep_base else 1):
+            return [lambda b=b: task.losses(model, task.batch(b)) for b in batches(parts[c], cfg, step, c, strategy_h)]
+
+        clients[c] = Client(c, replica, cfg.make_strategy(sizes), byzantine=c >= cfg.clients - cfg.byzantine,
+                            data=data)
+    return clients
+
+
+def make_client(run_config: dict, cid: int) -> Client:
+    """Client `cid` of a run, built from the run config alone (what a transport's other side calls)."""
+    return make_clients(run_config, [cid])[cid]

@@ -106,12 +106,39 @@ class Strategy:
         raise NotImplementedError
 
     def history(self, first_step: int, downs: list[Message]) -> Message:
-        """One catch-up message carrying the broadcasts of consecutive steps from first_step."""
+        """One catch-up message carrying the broadcasts of consecutive steps from first_step (also a round's
+        broadcast of its B steps)."""
         raise NotImplementedError
+
+    def reply(self, step: int, client: int, projections: Sequence, byzantine: bool = False) -> Message:
+        """A client's one reply to a round of len(projections) steps from `step`: the steps' up() messages
+        joined (B signs for FeedSign, B values, or B runs of (seed, value) pairs)."""
+        return _join_replies([self.up(step + i, client, p, byzantine) for i, p in enumerate(projections)])
+
+    def replies_of(self, msg: Message, steps: int) -> list[Message]:
+        """The per-step messages inside a round's reply (the inverse of reply()); ValueError if it does not
+        hold `steps` steps of reply_shape() entries."""
+        kind, per_step = self.reply_shape()
+        if not isinstance(msg, kind):
+            raise ValueError(f"expected a {kind.__name__} reply, got {type(msg).__name__}")
+        fields = _REPLY_FIELDS[kind]
+        columns = [tuple(getattr(msg, f)) for f in fields]
+        if len(columns[0]) != per_step * steps:
+            raise ValueError(f"a reply to {steps} step(s) holds {per_step * steps} entries, got {len(columns[0])}")
+        return [kind(msg.first_step + i, *(col[i * per_step:(i + 1) * per_step] for col in columns))
+                for i in range(steps)]
 
     def steps_of(self, history: Message) -> Sequence[Message]:
         """The per-step broadcasts inside a catch-up message (the inverse of history())."""
         raise NotImplementedError
+
+
+_REPLY_FIELDS = {Votes: ("signs",), Scalars: ("values",), SeedScalars: ("seeds", "values")}
+
+
+def _join_replies(msgs: list[Message]) -> Message:
+    kind = type(msgs[0])
+    return kind(msgs[0].first_step, *(tuple(x for m in msgs for x in getattr(m, f)) for f in _REPLY_FIELDS[kind]))
 
 
 class FeedSign(Strategy):

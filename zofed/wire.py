@@ -23,6 +23,10 @@ everything else (frame, step numbers, counts, padding), which is *framing*. Bodi
     PoolState    step u64, count u32, count float64: a seed pool's accumulated coefficients (FedKSeed
                  catch-up); float64 because every replica sums the same broadcast values in that precision
     Dense        step u64, count u32, count float32: a model's weights (FedAvg's exchange, for comparison)
+    Ask          step u64, count u32: a transport's request that a client answer `count` steps from `step`
+                 (count 0: report its Checksum); control, no payload (zofed.transport)
+    Report       step u64, count u32, count float64: a client's training loss at each step it answered;
+                 control, no payload (the metrics a transport carries beside the protocol's frames)
 
 Decoding checks magic, version, type, lengths, CRC, padding and finiteness, and raises WireError
 naming the problem; it never returns a silently wrong value. Frames come from other parties, so decoding is
@@ -283,6 +287,58 @@ class Checksum:
         return cls(_check_step(struct.unpack_from("<Q", body)[0]), bytes(body[8:]))
 
 
+@dataclass(frozen=True)
+class Ask:
+    """A request that a client answer `count` steps from `step` (a round), or with count 0 report its checksum.
+    Control, not protocol content: no payload bits, and transports do not count it (zofed.transport)."""
+
+    step: int
+    count: int
+    TYPE = 8
+
+    def payload_bits(self) -> int:
+        return 0
+
+    def body(self) -> bytes:
+        return _run_head(self.step, self.count)
+
+    @classmethod
+    def frame_bytes(cls, count: int = 1) -> int:
+        return FRAME_BYTES + _RUN.size
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Ask":
+        _exact(body, _RUN.size, "Ask")
+        return cls(*_run(body))
+
+
+@dataclass(frozen=True)
+class Report:
+    """A client's training losses at the steps it answered from `step` (for the run's metrics). Control, like
+    Ask: no payload bits, not counted."""
+
+    step: int
+    values: tuple
+    TYPE = 9
+
+    def payload_bits(self) -> int:
+        return 0
+
+    def body(self) -> bytes:
+        return _pack_values(self.step, self.values, "d")
+
+    @classmethod
+    def frame_bytes(cls, count: int) -> int:
+        return FRAME_BYTES + _RUN.size + 8 * count
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Report":
+        return cls(*_unpack_values(body, "d", "Report"))
+
+
+CONTROL = (Ask, Report)  # frames a transport carries but does not count: they are not the protocol's
+
+
 def _check_seed(s) -> int:
     if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64:
         raise WireError(f"a seed must be an integer in [0, 2**64), got {s!r}")
@@ -396,8 +452,8 @@ class Dense:
         return cls(_check_step(step), data)
 
 
-MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState, Dense)}
-Message = Union[Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState, Dense]
+MESSAGES = {cls.TYPE: cls for cls in (Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState, Dense, Ask, Report)}
+Message = Union[Votes, Scalars, SeedScalars, Checksum, StepUpdates, PoolState, Dense, Ask, Report]
 
 
 def _run(body: bytes) -> tuple[int, int]:
