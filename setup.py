@@ -52,7 +52,7 @@ setup(
             cxx_std=17,
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],
             extra_link_args=["-fopenmp"],
-            depends=[TILES, "csrc/zo_tiles.h", "csrc/zo_noise.h"],
+            depends=[TILES, "csrc/zo_tiles.h", "csrc/zo_noise.h", "csrc/zo_gaussian_table.h"],
             optional=True,
         )
     ],

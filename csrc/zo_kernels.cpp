@@ -86,8 +86,9 @@ static std::vector<SeedUse> plan_seeds(const std::vector<uint64_t> &seeds) {
   return uses;
 }
 
-static void check_dist(int dist) {
+static void check_dist(int dist, int version) {
   if (dist < GAUSSIAN || dist > UNIFORM) throw std::invalid_argument("zokernels._C: unknown dist code");
+  if (version != 1 && version != 2) throw std::invalid_argument("zokernels._C: unknown spec version");
 }
 
 // ---- run-time choice of the tile loops' instruction set
@@ -156,8 +157,9 @@ PYBIND11_MODULE(_C, m) {
       "update",
       [](const std::vector<uintptr_t> &ptrs, const std::vector<int64_t> &numels, const std::vector<uint64_t> &offsets,
          const std::vector<uint32_t> &keys, const std::vector<int> &dtypes, const std::vector<uint64_t> &seeds,
-         const std::vector<float> &coeffs, int dist, int rounding, int threads, const std::vector<uintptr_t> &srcs) {
-        check_dist(dist);
+         const std::vector<float> &coeffs, int dist, int rounding, int threads, const std::vector<uintptr_t> &srcs,
+         int version) {
+        check_dist(dist, version);
         if (seeds.size() != coeffs.size()) throw std::invalid_argument("zokernels._C: seeds and coeffs differ in length");
         auto ts = tensor_args(ptrs, numels, offsets, keys, dtypes, srcs);
         std::vector<int> non_finite(ts.size(), 0);
@@ -166,7 +168,7 @@ PYBIND11_MODULE(_C, m) {
         const std::vector<SeedUse> uses = plan_seeds(seeds);
         const TileKernels *tiles = active;
         for_each_tile(ts, threads, [&](size_t i, int64_t tile) {
-          if (tiles->update_tile(ts[i], tile, seeds.data(), uses.data(), coeffs.data(), K, dist, rounding)) {
+          if (tiles->update_tile(ts[i], tile, seeds.data(), uses.data(), coeffs.data(), K, dist, rounding, version)) {
 #pragma omp atomic write
             non_finite[i] = 1;
           }
@@ -175,20 +177,23 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("ptrs"), py::arg("numels"), py::arg("offsets"), py::arg("keys"), py::arg("dtypes"), py::arg("seeds"),
       py::arg("coeffs"), py::arg("dist"), py::arg("rounding"), py::arg("threads"),
-      py::arg("srcs") = std::vector<uintptr_t>{}, py::call_guard<py::gil_scoped_release>(),
-      "w = round(w + coeffs[k] * z(seeds[k])) for k in order, one pass over memory; w is read from srcs[i]\n"
+      py::arg("srcs") = std::vector<uintptr_t>{}, py::arg("version") = 1, py::call_guard<py::gil_scoped_release>(),
+      "w = round(w + coeffs[k] * z(seeds[k])) for k in order (noise spec `version`), one pass over memory; w is\n"
+      "read from srcs[i]\n"
       "when given (a perturbed copy) and written to ptrs[i]. Returns one int per tensor: 1 where the\n"
       "tensor now holds an inf or NaN (checked on each tile as it is written), else 0.");
   m.def(
       "noise",
-      [](uintptr_t out, int64_t numel, uint64_t offset, uint64_t seed, uint32_t key, int dist, int threads) {
-        check_dist(dist);
+      [](uintptr_t out, int64_t numel, uint64_t offset, uint64_t seed, uint32_t key, int dist, int threads,
+         int version) {
+        check_dist(dist, version);
         auto ts = tensor_args({out}, {numel}, {offset}, {key}, {F32});
         const TileKernels *tiles = active;
-        for_each_tile(ts, threads, [&](size_t i, int64_t tile) { tiles->noise_tile(ts[i], tile, seed, dist); });
+        for_each_tile(ts, threads,
+                      [&](size_t i, int64_t tile) { tiles->noise_tile(ts[i], tile, seed, dist, version); });
       },
       py::arg("out"), py::arg("numel"), py::arg("offset"), py::arg("seed"), py::arg("key"), py::arg("dist"),
-      py::arg("threads"), py::call_guard<py::gil_scoped_release>(), "Writes float32 z for elements offset.. into out.");
+      py::arg("threads"), py::arg("version") = 1, py::call_guard<py::gil_scoped_release>(), "Writes float32 z for elements offset.. into out.");
   m.def(
       "isa", []() { return std::string(active.load()->isa); },
       "The instruction set of the tile loops in use: baseline, avx2 or avx512.");
@@ -198,13 +203,19 @@ PYBIND11_MODULE(_C, m) {
       "Use the named variant from now on (all give the same bits; for tests and benchmarks).");
   m.def(
       "philox",
-      [](uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3) {
+      [](uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, int rounds) {
         uint32_t x0[1], x1[1], x2[1], x3[1];
         // the counter words are (group lo, group hi, key, tag): pass the raw words through them
-        philox_block<1>(seed, c2, c3, ((uint64_t)c1 << 32) | c0, x0, x1, x2, x3);
+        if (rounds == PHILOX_ROUNDS)
+          philox_block<1>(seed, c2, c3, ((uint64_t)c1 << 32) | c0, x0, x1, x2, x3);
+        else if (rounds == PHILOX_ROUNDS_V2)
+          philox_block<1, PHILOX_ROUNDS_V2>(seed, c2, c3, ((uint64_t)c1 << 32) | c0, x0, x1, x2, x3);
+        else
+          throw std::invalid_argument("zokernels._C.philox: rounds must be 10 (spec v1) or 7 (spec v2)");
         return py::make_tuple(x0[0], x1[0], x2[0], x3[0]);
       },
-      "Philox4x32-10 of one counter (c0, c1, c2, c3) under the 64-bit seed, for known-answer tests.");
+      py::arg("seed"), py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"), py::arg("rounds") = PHILOX_ROUNDS,
+      "Philox4x32-`rounds` (10 or 7) of one counter (c0, c1, c2, c3) under the 64-bit seed, for known-answer tests.");
   m.def("spec_constants", []() {
     py::dict d;
     d["SPEC_VERSION"] = SPEC_VERSION;
@@ -216,6 +227,14 @@ PYBIND11_MODULE(_C, m) {
     d["TAG_NOISE"] = TAG_NOISE;
     d["TAG_ROUNDING"] = TAG_ROUNDING;
     d["TILE"] = TILE;
+    d["PHILOX_ROUNDS_V2"] = PHILOX_ROUNDS_V2;
+    d["RADEMACHER_V2_ELEMENTS"] = RADEMACHER_V2_ELEMENTS;
+    d["GAUSSIAN_V2_SHIFT"] = GAUSSIAN_V2_SHIFT;
+    d["GAUSSIAN_V2_BIAS"] = GAUSSIAN_V2_BIAS;
+    py::list table;
+    for (int j = 0; j < GAUSSIAN_V2_BINS; ++j)
+      table.append(py::make_tuple(GAUSSIAN_V2_TABLE[2 * j], GAUSSIAN_V2_TABLE[2 * j + 1]));
+    d["GAUSSIAN_V2_TABLE"] = table;
     py::dict f;
     f["SQRT2"] = SQRT2; f["LN2_HI"] = LN2_HI; f["LN2_LO"] = LN2_LO;
     f["LOG_C1"] = LOG_C1; f["LOG_C2"] = LOG_C2; f["LOG_C3"] = LOG_C3; f["LOG_C4"] = LOG_C4;

@@ -7,16 +7,20 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+
+#include "zo_gaussian_table.h"
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
 namespace zo {
 
-constexpr int SPEC_VERSION = 1;
+constexpr int SPEC_VERSION = 1;  // the default stream; version 2 is opt-in per call (docs/noise.md)
 constexpr uint32_t PHILOX_KEY_A = 0x9E3779B9u, PHILOX_KEY_B = 0xBB67AE85u;
 constexpr uint32_t PHILOX_ROUND_A = 0xD2511F53u, PHILOX_ROUND_B = 0xCD9E8D57u;
-constexpr int PHILOX_ROUNDS = 10;
+constexpr int PHILOX_ROUNDS = 10, PHILOX_ROUNDS_V2 = 7;
+constexpr int RADEMACHER_V2_ELEMENTS = 128;  // v2: 32 signs per word, 4 words per counter
+constexpr int GAUSSIAN_V2_SHIFT = 18, GAUSSIAN_V2_BIAS = (127 - 25) << 5;
 constexpr uint32_t TAG_NOISE = 0, TAG_ROUNDING = 1;
 
 enum Dist : int { GAUSSIAN = 0, RADEMACHER = 1, UNIFORM = 2 };
@@ -48,11 +52,12 @@ static inline void philox_round(uint32_t &x0, uint32_t &x1, uint32_t &x2, uint32
 }
 
 // The Weyl key schedule: round r uses (k0 + r * KEY_A, k1 + r * KEY_B), computed once per block of counters.
+template <int ROUNDS>
 struct PhiloxKeys {
-  uint32_t a[PHILOX_ROUNDS], b[PHILOX_ROUNDS];
+  uint32_t a[ROUNDS], b[ROUNDS];
   explicit PhiloxKeys(uint64_t seed) {
     uint32_t ka = (uint32_t)seed, kb = (uint32_t)(seed >> 32);
-    for (int r = 0; r < PHILOX_ROUNDS; ++r, ka += PHILOX_KEY_A, kb += PHILOX_KEY_B) {
+    for (int r = 0; r < ROUNDS; ++r, ka += PHILOX_KEY_A, kb += PHILOX_KEY_B) {
       a[r] = ka;
       b[r] = kb;
     }
@@ -121,15 +126,16 @@ struct Vec128 {
 };
 #endif
 
-// Philox4x32-10 in place on the 2 * V::LANES counters x0[0..], x1[0..], x2[0..], x3[0..].
-template <typename V>
-static inline void philox_lanes(const PhiloxKeys &k, uint32_t *x0, uint32_t *x1, uint32_t *x2, uint32_t *x3) {
+// Philox4x32-ROUNDS in place on the 2 * V::LANES counters x0[0..], x1[0..], x2[0..], x3[0..].
+template <typename V, int ROUNDS>
+static inline void philox_lanes(const PhiloxKeys<ROUNDS> &k, uint32_t *x0, uint32_t *x1, uint32_t *x2,
+                                uint32_t *x3) {
   using T = typename V::T;
   constexpr int L = V::LANES;
   const T ma = V::set1(PHILOX_ROUND_A), mb = V::set1(PHILOX_ROUND_B);
   T a0 = V::load(x0), a1 = V::load(x1), a2 = V::load(x2), a3 = V::load(x3);
   T b0 = V::load(x0 + L), b1 = V::load(x1 + L), b2 = V::load(x2 + L), b3 = V::load(x3 + L);
-  for (int r = 0; r < PHILOX_ROUNDS; ++r) {
+  for (int r = 0; r < ROUNDS; ++r) {
     const T ka = V::set1(k.a[r]), kb = V::set1(k.b[r]);
     T ahi0, alo0, ahi2, alo2, bhi0, blo0, bhi2, blo2;
     V::mulhilo(a0, ma, ahi0, alo0);
@@ -149,9 +155,9 @@ static inline void philox_lanes(const PhiloxKeys &k, uint32_t *x0, uint32_t *x1,
   V::store(x0 + L, b0), V::store(x1 + L, b1), V::store(x2 + L, b2), V::store(x3 + L, b3);
 }
 
-// Philox4x32-10 over N counters at once (structure of arrays so it vectorizes).
+// Philox4x32-ROUNDS over N counters at once (structure of arrays so it vectorizes).
 // Counter n is (g0 + n mod 2^32, (g0 + n) >> 32, key, tag); the Philox key is the 64-bit seed.
-template <int N>
+template <int N, int ROUNDS = PHILOX_ROUNDS>
 static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint64_t g0, uint32_t (&x0)[N],
                                 uint32_t (&x1)[N], uint32_t (&x2)[N], uint32_t (&x3)[N]) {
   for (int n = 0; n < N; ++n) {
@@ -161,17 +167,20 @@ static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint6
     x2[n] = key;
     x3[n] = tag;
   }
-  const PhiloxKeys k(seed);
+  const PhiloxKeys<ROUNDS> k(seed);
   int n = 0;
 #if defined(__AVX512F__)
-  for (; n + 2 * Vec512::LANES <= N; n += 2 * Vec512::LANES) philox_lanes<Vec512>(k, x0 + n, x1 + n, x2 + n, x3 + n);
+  for (; n + 2 * Vec512::LANES <= N; n += 2 * Vec512::LANES)
+    philox_lanes<Vec512, ROUNDS>(k, x0 + n, x1 + n, x2 + n, x3 + n);
 #elif defined(__AVX2__)
-  for (; n + 2 * Vec256::LANES <= N; n += 2 * Vec256::LANES) philox_lanes<Vec256>(k, x0 + n, x1 + n, x2 + n, x3 + n);
+  for (; n + 2 * Vec256::LANES <= N; n += 2 * Vec256::LANES)
+    philox_lanes<Vec256, ROUNDS>(k, x0 + n, x1 + n, x2 + n, x3 + n);
 #elif defined(__SSE2__)
-  for (; n + 2 * Vec128::LANES <= N; n += 2 * Vec128::LANES) philox_lanes<Vec128>(k, x0 + n, x1 + n, x2 + n, x3 + n);
+  for (; n + 2 * Vec128::LANES <= N; n += 2 * Vec128::LANES)
+    philox_lanes<Vec128, ROUNDS>(k, x0 + n, x1 + n, x2 + n, x3 + n);
 #endif
   for (; n < N; ++n)
-    for (int r = 0; r < PHILOX_ROUNDS; ++r) philox_round(x0[n], x1[n], x2[n], x3[n], k.a[r], k.b[r]);
+    for (int r = 0; r < ROUNDS; ++r) philox_round(x0[n], x1[n], x2[n], x3[n], k.a[r], k.b[r]);
 }
 
 // ln(u) for u = k * 2^-24, k in [1, 2^24]: exponent/mantissa split by bits, mantissa folded into
@@ -225,6 +234,22 @@ static inline void spec_gaussian_pair(uint32_t a, uint32_t b, float &za, float &
 }
 
 static inline float spec_rademacher(uint32_t a) { return (a >> 31) ? -1.0f : 1.0f; }
+
+// Spec v2 Gaussian of one word: v = (2m + 1) * 2^-25 in (0, 0.5) from 23 bits, |z| = t + (v - v0) * s from
+// the bin of v's exponent and top 5 mantissa bits (zo_gaussian_table.h), the sign from bit 31.
+static inline float spec_gaussian_v2(uint32_t a) {
+  const float v = (float)((((a >> 8) & 0x7FFFFFu) << 1) | 1u) * f32(0x33000000u);  // * 2^-25, exact
+  const uint32_t b = bits_of(v);
+  const uint32_t j = (b >> GAUSSIAN_V2_SHIFT) - (uint32_t)GAUSSIAN_V2_BIAS;
+  const float d = v - f32(b & ~((1u << GAUSSIAN_V2_SHIFT) - 1u));  // exact: same binade
+  const float y = f32(GAUSSIAN_V2_TABLE[2 * j]) + d * f32(GAUSSIAN_V2_TABLE[2 * j + 1]);
+  return f32(bits_of(y) ^ (a & 0x80000000u));
+}
+
+// Spec v2 Rademacher of element 4n + l of a 128-element counter block: bit n of word l, as a sign.
+static inline float spec_rademacher_v2(uint32_t word, int n) {
+  return f32(0x3F800000u | ((word << (31 - n)) & 0x80000000u));
+}
 
 // Symmetric odd multiples of 2^-24 in (-1, 1), scaled to unit variance.
 static inline float spec_uniform(uint32_t a) {

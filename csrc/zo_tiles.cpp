@@ -16,11 +16,35 @@
 namespace zo {
 namespace {
 
-// z for the TILE elements of groups g0 .. g0 + TILE_GROUPS - 1, in element order.
-inline void noise_tile(uint64_t seed, uint32_t key, int dist, uint64_t g0, float (&z)[TILE]) {
+// Spec v2's Rademacher: 32 consecutive groups share a Philox counter, group G taking bit G % 32 of each
+// word. A tile starts at any group (tiles follow the tensor's offset), so its 128 groups touch 4 or 5 counters.
+inline void rademacher_v2_tile(uint64_t seed, uint32_t key, uint64_t g0, float (&z)[TILE]) {
+  constexpr int PER_COUNTER = RADEMACHER_V2_ELEMENTS / 4, C = TILE_GROUPS / PER_COUNTER + 1;
+  uint32_t x[4][C];
+  philox_block<C, PHILOX_ROUNDS_V2>(seed, key, TAG_NOISE, g0 / PER_COUNTER, x[0], x[1], x[2], x[3]);
+  const int phase = (int)(g0 % PER_COUNTER);
+  for (int n = 0; n < TILE_GROUPS; ++n) {
+    const int g = phase + n;
+    for (int l = 0; l < 4; ++l) z[4 * n + l] = spec_rademacher_v2(x[l][g / PER_COUNTER], g % PER_COUNTER);
+  }
+}
+
+// z for the TILE elements of groups g0 .. g0 + TILE_GROUPS - 1, in element order, under spec `version`.
+inline void noise_tile(uint64_t seed, uint32_t key, int dist, int version, uint64_t g0, float (&z)[TILE]) {
+  if (version == 2 && dist == RADEMACHER) return rademacher_v2_tile(seed, key, g0, z);
   uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
-  philox_block<TILE_GROUPS>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
-  if (dist == GAUSSIAN) {
+  if (version == 2)
+    philox_block<TILE_GROUPS, PHILOX_ROUNDS_V2>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
+  else
+    philox_block<TILE_GROUPS>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
+  if (dist == GAUSSIAN && version == 2) {
+    for (int n = 0; n < TILE_GROUPS; ++n) {
+      z[4 * n] = spec_gaussian_v2(x0[n]);
+      z[4 * n + 1] = spec_gaussian_v2(x1[n]);
+      z[4 * n + 2] = spec_gaussian_v2(x2[n]);
+      z[4 * n + 3] = spec_gaussian_v2(x3[n]);
+    }
+  } else if (dist == GAUSSIAN) {
     for (int n = 0; n < TILE_GROUPS; ++n) {
       spec_gaussian_pair(x0[n], x1[n], z[4 * n], z[4 * n + 1]);
       spec_gaussian_pair(x2[n], x3[n], z[4 * n + 2], z[4 * n + 3]);
@@ -42,9 +66,12 @@ inline void noise_tile(uint64_t seed, uint32_t key, int dist, uint64_t g0, float
   }
 }
 
-inline void rounding_bits_tile(uint64_t seed, uint32_t key, uint64_t g0, uint32_t (&r)[TILE]) {
+inline void rounding_bits_tile(uint64_t seed, uint32_t key, int version, uint64_t g0, uint32_t (&r)[TILE]) {
   uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
-  philox_block<TILE_GROUPS>(seed, key, TAG_ROUNDING, g0, x0, x1, x2, x3);
+  if (version == 2)
+    philox_block<TILE_GROUPS, PHILOX_ROUNDS_V2>(seed, key, TAG_ROUNDING, g0, x0, x1, x2, x3);
+  else
+    philox_block<TILE_GROUPS>(seed, key, TAG_ROUNDING, g0, x0, x1, x2, x3);
   for (int n = 0; n < TILE_GROUPS; ++n) {
     r[4 * n] = x0[n];
     r[4 * n + 1] = x1[n];
@@ -73,14 +100,14 @@ inline TileSpan span_of(const TensorArg &t, int64_t tile) {
 // (no extra pass), reach the all-ones exponent.
 template <bool Stochastic, typename Round>
 inline uint32_t apply_seeds(float *w, const TensorArg &t, const TileSpan &s, const uint64_t *seeds,
-                            const SeedUse *uses, const float *coeffs, int K, int dist, Round round) {
+                            const SeedUse *uses, const float *coeffs, int K, int dist, int version, Round round) {
   float kept[NOISE_SLOTS][TILE], own[TILE];
   uint32_t r[TILE];
   uint32_t largest = 0;
   for (int k = 0; k < K; ++k) {
     float(&z)[TILE] = uses[k].slot >= 0 ? kept[uses[k].slot] : own;
-    if (!uses[k].cached) noise_tile(seeds[k], t.key, dist, s.g0, z);
-    if (Stochastic) rounding_bits_tile(seeds[k], t.key, s.g0, r);
+    if (!uses[k].cached) noise_tile(seeds[k], t.key, dist, version, s.g0, z);
+    if (Stochastic) rounding_bits_tile(seeds[k], t.key, version, s.g0, r);
     const float c = coeffs[k];
     if (k + 1 < K) {
       for (int64_t i = s.lo; i < s.hi; ++i) w[i] = round(w[i] + c * z[i], Stochastic ? r[i] : 0u);
@@ -98,16 +125,17 @@ inline uint32_t apply_seeds(float *w, const TensorArg &t, const TileSpan &s, con
 // 16-bit formats: widen the tile to float32 once, apply all K seeds rounding after each, narrow once.
 template <typename Widen, typename Narrow, typename NarrowSR>
 inline uint32_t update_tile_16(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const SeedUse *uses,
-                               const float *coeffs, int K, int dist, bool stochastic, Widen widen, Narrow narrow,
-                               NarrowSR narrow_sr) {
+                               const float *coeffs, int K, int dist, int version, bool stochastic, Widen widen,
+                               Narrow narrow, NarrowSR narrow_sr) {
   uint16_t *p = reinterpret_cast<uint16_t *>(t.ptr) + s.start;
   const uint16_t *q = reinterpret_cast<const uint16_t *>(t.src) + s.start;
   float w[TILE];
   for (int64_t i = s.lo; i < s.hi; ++i) w[i] = widen(q[i]);
   auto round_sr = [&](float v, uint32_t r) { return widen(narrow_sr(v, r)); };
   auto round_nearest = [&](float v, uint32_t) { return widen(narrow(v)); };
-  const uint32_t non_finite = stochastic ? apply_seeds<true>(w, t, s, seeds, uses, coeffs, K, dist, round_sr)
-                                         : apply_seeds<false>(w, t, s, seeds, uses, coeffs, K, dist, round_nearest);
+  const uint32_t non_finite =
+      stochastic ? apply_seeds<true>(w, t, s, seeds, uses, coeffs, K, dist, version, round_sr)
+                 : apply_seeds<false>(w, t, s, seeds, uses, coeffs, K, dist, version, round_nearest);
   for (int64_t i = s.lo; i < s.hi; ++i) p[i] = narrow(w[i]);  // exact: w holds representable values
   return non_finite;
 }
@@ -122,7 +150,7 @@ inline void prefetch_tile(const TensorArg &t, const TileSpan &s) {
 }
 
 uint32_t update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, const SeedUse *uses, const float *coeffs,
-                     int K, int dist, int rounding) {
+                     int K, int dist, int rounding, int version) {
   const TileSpan s = span_of(t, tile);
   prefetch_tile(t, s);
   const bool sr = rounding == STOCHASTIC;
@@ -134,21 +162,21 @@ uint32_t update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, co
       const float *q = reinterpret_cast<const float *>(t.src) + s.start;
       for (int64_t i = s.lo; i < s.hi; ++i) p[i] = q[i];
     }
-    return apply_seeds<false>(p, t, s, seeds, uses, coeffs, K, dist, [](float v, uint32_t) { return v; });
+    return apply_seeds<false>(p, t, s, seeds, uses, coeffs, K, dist, version, [](float v, uint32_t) { return v; });
   }
   if (t.dtype == BF16)
     return update_tile_16(
-        t, s, seeds, uses, coeffs, K, dist, sr, [](uint16_t h) { return bf16_to_f32(h); },
+        t, s, seeds, uses, coeffs, K, dist, version, sr, [](uint16_t h) { return bf16_to_f32(h); },
         [](float v) { return f32_to_bf16(v); }, [](float v, uint32_t r) { return f32_to_bf16_sr(v, r); });
   return update_tile_16(
-      t, s, seeds, uses, coeffs, K, dist, sr, [](uint16_t h) { return f16_to_f32(h); },
+      t, s, seeds, uses, coeffs, K, dist, version, sr, [](uint16_t h) { return f16_to_f32(h); },
       [](float v) { return f32_to_f16(v); }, [](float v, uint32_t r) { return f32_to_f16_sr(v, r); });
 }
 
-void noise_tile_into(const TensorArg &t, int64_t tile, uint64_t seed, int dist) {
+void noise_tile_into(const TensorArg &t, int64_t tile, uint64_t seed, int dist, int version) {
   const TileSpan s = span_of(t, tile);
   float z[TILE];
-  noise_tile(seed, t.key, dist, s.g0, z);
+  noise_tile(seed, t.key, dist, version, s.g0, z);
   float *p = reinterpret_cast<float *>(t.ptr) + s.start;
   for (int64_t i = s.lo; i < s.hi; ++i) p[i] = z[i];
 }

@@ -10,7 +10,8 @@
 
 namespace zo {
 
-// Work is cut into tiles of TILE_GROUPS Philox groups aligned to the global element index.
+// Work is cut into tiles of TILE_GROUPS Philox groups aligned to the global element index (a whole number of
+// spec v2 Rademacher counters, 128 elements each).
 constexpr int TILE_GROUPS = 128;
 constexpr int TILE = 4 * TILE_GROUPS;
 
@@ -37,10 +38,11 @@ struct TileKernels {
   const char *isa;
   // w = round(w + coeffs[k] * z(seeds[k])) for k in order over one tile of t; returns nonzero when the
   // tile's elements hold an inf or NaN afterwards.
+  // `version` is the noise spec version (1 or 2).
   uint32_t (*update_tile)(const TensorArg &t, int64_t tile, const uint64_t *seeds, const SeedUse *uses,
-                          const float *coeffs, int K, int dist, int rounding);
+                          const float *coeffs, int K, int dist, int rounding, int version);
   // float32 z of one tile of t (t.dtype is F32).
-  void (*noise_tile)(const TensorArg &t, int64_t tile, uint64_t seed, int dist);
+  void (*noise_tile)(const TensorArg &t, int64_t tile, uint64_t seed, int dist, int version);
 };
 
 extern const TileKernels tiles_baseline;

@@ -53,13 +53,14 @@ def _with_specials(w: torch.Tensor) -> torch.Tensor:
 
 
 def _run_everything(c) -> list[torch.Tensor]:
-    """Noise and multi-seed updates over every dist, dtype and rounding, at ragged sizes and offsets."""
+    """Noise and multi-seed updates over every spec version, dist, dtype and rounding, at ragged sizes and
+    offsets."""
     out = []
-    for dist, code in _cpu.DIST_CODES.items():
+    for version, dist, code in [(v, d, code) for v in (1, 2) for d, code in _cpu.DIST_CODES.items()]:
         for n in SIZES:
             for off in OFFSETS:
                 z = torch.empty(n)
-                c.noise(z.data_ptr(), n, off, 2**64 - 5, 7, code, 2)
+                c.noise(z.data_ptr(), n, off, 2**64 - 5, 7, code, 2, version=version)
                 out.append(z)
         for dtype, dcode in _cpu.DTYPE_CODES.items():
             for rounding in (0, 1):
@@ -68,7 +69,8 @@ def _run_everything(c) -> list[torch.Tensor]:
                       for i, n in enumerate(SIZES)]
                 offs = [OFFSETS[i % len(OFFSETS)] for i in range(len(ws))]
                 c.update([w.data_ptr() for w in ws], [w.numel() for w in ws], offs, list(range(len(ws))),
-                         [dcode] * len(ws), [3, 2**63 + 1, 11], [1e-2, -3e-3, 2e4], code, rounding, 2)
+                         [dcode] * len(ws), [3, 2**63 + 1, 11], [1e-2, -3e-3, 2e4], code, rounding, 2,
+                         version=version)
                 out += ws
     return out
 

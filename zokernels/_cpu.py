@@ -37,11 +37,12 @@ def require():
     return _C
 
 
-def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str) -> None:
-    require().noise(out.data_ptr(), out.numel(), offset, seed, key, DIST_CODES[dist], torch.get_num_threads())
+def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, version: int) -> None:
+    require().noise(out.data_ptr(), out.numel(), offset, seed, key, DIST_CODES[dist], torch.get_num_threads(),
+                    version)
 
 
-def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None) -> list[int]:
+def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources, version: int) -> list[int]:
     """Returns one int per tensor, nonzero where the tensor holds an inf or NaN after the pass."""
     return require().update(
         [t.data_ptr() for t in tensors],
@@ -55,4 +56,5 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
         1 if rounding == "stochastic" else 0,
         torch.get_num_threads(),
         [t.data_ptr() for t in sources] if sources else [],
+        version,
     )

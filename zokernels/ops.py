@@ -1,7 +1,7 @@
 """Public ops: argument checks, backend choice, and torch.library registration.
 
-Backends share one interface, `noise(out, offset, seed, key, dist)` and
-`update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources=None) -> flags`, where flags holds
+Backends share one interface, `noise(out, offset, seed, key, dist, version)` and
+`update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources, version) -> flags`, where flags holds
 one integer per tensor (a list, or a 1-D tensor on the device), nonzero where the tensor holds an inf or
 NaN after the pass; each backend finds that inside its own pass over the tensor:
   "cpu"    the C++ extension (CPU tensors),
@@ -42,12 +42,13 @@ class NonFiniteError(FloatingPointError):
 
 class _TorchBackend:
     @staticmethod
-    def noise(out, offset, seed, key, dist):
-        out.copy_(reference.noise(out.numel(), seed, key, offset, dist, out.device).view(out.shape))
+    def noise(out, offset, seed, key, dist, version):
+        out.copy_(reference.noise(out.numel(), seed, key, offset, dist, out.device, version).view(out.shape))
 
     @staticmethod
-    def update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources=None):
-        return [int(reference.update_(t, seeds, coeffs, key, off, dist, rounding, sources[i] if sources else None))
+    def update_(tensors, seeds, coeffs, keys, offsets, dist, rounding, sources, version):
+        return [int(reference.update_(t, seeds, coeffs, key, off, dist, rounding, sources[i] if sources else None,
+                                      version))
                 for i, (t, key, off) in enumerate(zip(tensors, keys, offsets))]
 
 
@@ -153,11 +154,16 @@ def _as_list(values, what: str) -> list:
         raise TypeError(f"{what} must be a sequence, got {type(values).__name__}") from None
 
 
-def _check_dist_rounding(dist: str, rounding: str) -> None:
+def _check_dist_rounding(dist: str, rounding: str, version: int) -> None:
     if dist not in spec.DISTS:
         raise ValueError(f"unknown dist {dist!r}; choose one of {spec.DISTS}")
     if rounding not in spec.ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose one of {spec.ROUNDINGS}")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in spec.SPEC_VERSIONS:
+        raise ValueError(f"unknown spec_version {version!r}; this zokernels implements {spec.SPEC_VERSIONS}")
+    if dist == "gaussian-fast" and version != 1:
+        raise ValueError("dist='gaussian-fast' is outside the noise contract and has no spec version 2; use "
+                         "dist='gaussian' with spec_version=2 for the cheaper portable Gaussian")
 
 
 def _check_tensors(tensors, what: str = "tensors") -> list[torch.Tensor]:
@@ -209,9 +215,9 @@ def _per_tensor(values, n: int, what: str, default=None) -> list:
     return values
 
 
-def _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding):
+def _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding, version):
     tensors = _check_tensors(tensors)
-    _check_dist_rounding(dist, rounding)
+    _check_dist_rounding(dist, rounding, version)
     n = len(tensors)
     keys = [_as_int(k, f"keys[{i}]", 0, spec.KEY_MAX) for i, k in enumerate(_per_tensor(keys, n, "keys"))]
     offsets = [_as_int(o, f"offsets[{i}]", 0, spec.INDEX_LIMIT) for i, o in enumerate(_per_tensor(offsets, n, "offsets", 0))]
@@ -275,7 +281,8 @@ def _from_i64(seed: int) -> int:
 
 
 def _update_impl(tensors: list[torch.Tensor], seeds: list[int], coeffs: list[float], keys: list[int],
-                 offsets: list[int], dist: str, rounding: str, backend: str, sources: list[torch.Tensor]) -> None:
+                 offsets: list[int], dist: str, rounding: str, backend: str, sources: list[torch.Tensor],
+                 version: int) -> None:
     _check_no_overlap(tensors, sources)
     with torch.no_grad():
         if not seeds:  # a plain copy: nothing to round
@@ -283,7 +290,7 @@ def _update_impl(tensors: list[torch.Tensor], seeds: list[int], coeffs: list[flo
                 t.copy_(src)
             return
         flags = _backend(backend).update_(tensors, [_from_i64(s) for s in seeds], coeffs, keys, offsets, dist,
-                                          rounding, sources or None)
+                                          rounding, sources or None, version)
     bad = [i for i, f in enumerate(flags.tolist() if isinstance(flags, torch.Tensor) else flags) if f]
     if bad:
         raise _non_finite_error(tensors, bad, coeffs, bool(sources))
@@ -307,15 +314,15 @@ _update_op = torch.library.custom_op("zokernels::update_", _update_impl, mutates
 
 
 @_update_op.register_fake
-def _(tensors, seeds, coeffs, keys, offsets, dist, rounding, backend, sources) -> None:
+def _(tensors, seeds, coeffs, keys, offsets, dist, rounding, backend, sources, version) -> None:
     return None
 
 
 def _noise_impl(shape: list[int], seed: int, key: int, offset: int, dist: str, device: torch.device,
-                backend: str) -> torch.Tensor:
+                backend: str, version: int) -> torch.Tensor:
     out = torch.empty(shape, dtype=torch.float32, device=device)
     if out.numel():
-        _backend(backend).noise(out, offset, _from_i64(seed), key, dist)
+        _backend(backend).noise(out, offset, _from_i64(seed), key, dist, version)
     return out
 
 
@@ -323,7 +330,7 @@ _noise_op = torch.library.custom_op("zokernels::noise", _noise_impl, mutates_arg
 
 
 @_noise_op.register_fake
-def _(shape, seed, key, offset, dist, device, backend):
+def _(shape, seed, key, offset, dist, device, backend, version):
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
@@ -331,16 +338,17 @@ def _(shape, seed, key, offset, dist, device, backend):
 
 
 def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gaussian", device="cpu",
-          backend: str | None = None) -> torch.Tensor:
+          backend: str | None = None, spec_version: int = spec.SPEC_VERSION) -> torch.Tensor:
     """The float32 z of elements offset .. offset+numel-1 of tensor `key`, shaped `shape`.
 
-    A pure function of (seed, key, element index, dist, spec version): the same on every backend and
+    A pure function of (seed, key, element index, dist, spec_version): the same on every backend and
     device, bit for bit (dist="gaussian-fast" excepted). `noise(n, s, offset=o)` equals
-    `noise(o + n, s)[o:]`, so a shard reproduces its slice of the whole tensor.
+    `noise(o + n, s)[o:]`, so a shard reproduces its slice of the whole tensor. spec_version=2 is the
+    cheaper stream of docs/noise.md (opt-in; the default stays version 1 forever).
     """
     shape = [shape] if isinstance(shape, int) else _as_list(shape, "shape")
     shape = [_as_int(d, f"shape[{i}]", 0, spec.INDEX_LIMIT) for i, d in enumerate(shape)]
-    _check_dist_rounding(dist, "nearest")
+    _check_dist_rounding(dist, "nearest", spec_version)
     seed = _as_int(seed, "seed", 0, spec.SEED_MAX)
     key = _as_int(key, "key", 0, spec.KEY_MAX)
     offset = _as_int(offset, "offset", 0, spec.INDEX_LIMIT)
@@ -349,7 +357,7 @@ def noise(shape, seed: int, *, key: int = 0, offset: int = 0, dist: str = "gauss
     device = torch.device(device)
     name = _resolve(backend, device, dist, f"device={device}")
     op = torch.ops.zokernels.noise if torch.compiler.is_compiling() else _noise_impl
-    return op(shape, _to_i64(seed), key, offset, dist, device, name)
+    return op(shape, _to_i64(seed), key, offset, dist, device, name, spec_version)
 
 
 def _check_sources(sources, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -366,33 +374,35 @@ def _check_sources(sources, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def update_(tensors, seeds, coeffs, *, keys, offsets=None, sources=None, dist: str = "gaussian",
-            rounding: str = "nearest", backend: str | None = None):
+            rounding: str = "nearest", backend: str | None = None, spec_version: int = spec.SPEC_VERSION):
     """For each tensor and each (seed, coeff) in order: w = round(w + float32(coeff) * z(seed)).
 
     All K pairs are applied in ONE pass over memory, rounding to the tensor's dtype after each, so the
     result is bit-identical to K `perturb_` calls. `keys` gives each tensor's stable noise key;
     `offsets` (default 0) the global index of its first element, for shards of a larger tensor.
     With `sources`, w is read from sources[i] and the result written to tensors[i] (a perturbed copy
-    in the same single pass); otherwise the tensors are updated in place. Returns `tensors`.
+    in the same single pass); otherwise the tensors are updated in place. `spec_version` picks the noise
+    stream (docs/noise.md; the default, 1, never changes). Returns `tensors`.
 
     A coefficient that overflows float32 is refused (ValueError) before anything is written. Two tensors
     may share a key only with disjoint element ranges. If the pass leaves inf or NaN in some tensors, it
     raises NonFiniteError afterwards (the pass was applied; `indices` says which tensors hold them).
     """
-    ts, seeds, coeffs, keys, offsets = _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding)
+    ts, seeds, coeffs, keys, offsets = _check_update_args(tensors, seeds, coeffs, keys, offsets, dist, rounding,
+                                                          spec_version)
     srcs = _check_sources(sources, ts)
     if ts and (seeds or srcs):
         name = _resolve(backend, ts[0].device, dist, f"tensors[0] is on {ts[0].device}")
         op = torch.ops.zokernels.update_ if torch.compiler.is_compiling() else _update_impl
-        op(ts, [_to_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding, name, srcs)
+        op(ts, [_to_i64(s) for s in seeds], coeffs, keys, offsets, dist, rounding, name, srcs, spec_version)
     return tensors
 
 
 def perturb_(tensors, seed: int, scale: float, *, keys, offsets=None, sources=None, dist: str = "gaussian",
-             rounding: str = "nearest", backend: str | None = None):
+             rounding: str = "nearest", backend: str | None = None, spec_version: int = spec.SPEC_VERSION):
     """For each tensor: w = round(w + float32(scale) * z(seed)), in place or from `sources` (see update_).
     Returns `tensors`."""
     _as_int(seed, "seed", 0, spec.SEED_MAX)  # checked here too, so that errors name perturb_'s arguments
     _as_coeff(scale, "scale")
     return update_(tensors, [seed], [scale], keys=keys, offsets=offsets, sources=sources, dist=dist,
-                   rounding=rounding, backend=backend)
+                   rounding=rounding, backend=backend, spec_version=spec_version)

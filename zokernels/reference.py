@@ -34,10 +34,10 @@ def _mul32(x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, lo
 
 
-def philox(seed: int, c0, c1, c2, c3) -> tuple[torch.Tensor, ...]:
-    """Philox4x32-10 of counters (c0, c1, c2, c3) (int64 tensors holding uint32) under a 64-bit seed."""
+def philox(seed: int, c0, c1, c2, c3, rounds: int = spec.PHILOX_ROUNDS) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-`rounds` of counters (c0, c1, c2, c3) (int64 tensors holding uint32) under a 64-bit seed."""
     k0, k1 = seed & _M32, seed >> 32
-    for _ in range(spec.PHILOX_ROUNDS):
+    for _ in range(rounds):
         hi_a, lo_a = _mul32(c0, spec.PHILOX_ROUND_A)
         hi_b, lo_b = _mul32(c2, spec.PHILOX_ROUND_B)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
@@ -46,18 +46,29 @@ def philox(seed: int, c0, c1, c2, c3) -> tuple[torch.Tensor, ...]:
     return c0, c1, c2, c3
 
 
-def _group_words(numel: int, seed: int, key: int, offset: int, tag: int, device) -> tuple[torch.Tensor, int]:
+def rounds_of(version: int) -> int:
+    """Philox rounds of a spec version."""
+    return spec.PHILOX_ROUNDS if version == 1 else spec.PHILOX_ROUNDS_V2
+
+
+def _counter_words(c: torch.Tensor, seed: int, key: int, tag: int, version: int) -> torch.Tensor:
+    """[len(c), 4] Philox words of counter indices c (int64, < 2**62) under (key, tag)."""
+    words = philox(seed, c & _M32, c >> 32, torch.full_like(c, key), torch.full_like(c, tag), rounds_of(version))
+    return torch.stack(words, dim=1)
+
+
+def _group_words(numel: int, seed: int, key: int, offset: int, tag: int, device,
+                 version: int = 1) -> tuple[torch.Tensor, int]:
     """Philox words of the whole groups covering elements offset .. offset+numel-1, and where element offset sits."""
     g_first = offset // spec.GROUP
     g_last = (offset + numel - 1) // spec.GROUP
     g = g_first + torch.arange(g_last - g_first + 1, dtype=torch.int64, device=device)  # < 2**62: no overflow
-    words = philox(seed, g & _M32, g >> 32, torch.full_like(g, key), torch.full_like(g, tag))
-    return torch.stack(words, dim=1).reshape(-1), offset - g_first * spec.GROUP
+    return _counter_words(g, seed, key, tag, version).reshape(-1), offset - g_first * spec.GROUP
 
 
-def random_words(numel: int, seed: int, key: int, offset: int, tag: int, device) -> torch.Tensor:
+def random_words(numel: int, seed: int, key: int, offset: int, tag: int, device, version: int = 1) -> torch.Tensor:
     """The Philox word of each element offset .. offset+numel-1 under `tag` (int64 holding uint32)."""
-    flat, start = _group_words(numel, seed, key, offset, tag, device)
+    flat, start = _group_words(numel, seed, key, offset, tag, device, version)
     return flat[start : start + numel]
 
 
@@ -120,9 +131,37 @@ def gaussian_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     return r * c, r * s
 
 
-def transform(words: torch.Tensor, dist: str) -> torch.Tensor:
-    """Map the words of whole groups to float32 z. Gaussian pairs lanes (0, 1) and (2, 3) of each group."""
+def gaussian_v2(words: torch.Tensor) -> torch.Tensor:
+    """Spec version 2's Gaussian, one word per element: the inverse normal CDF by a log-spaced table with
+    linear interpolation (docs/noise.md)."""
     dev = words.device
+    m = (words >> 8) & 0x7FFFFF
+    v = (2 * m + 1).to(torch.float32) * _f32(0x33000000, dev)  # * 2**-25: exact, in (0, 0.5)
+    b = v.view(torch.int32).to(torch.int64)
+    j = (b >> spec.GAUSSIAN_V2_SHIFT) - spec.GAUSSIAN_V2_BIAS
+    v0 = (b & ~((1 << spec.GAUSSIAN_V2_SHIFT) - 1)).to(torch.int32).view(torch.float32)
+    table = torch.tensor(spec.GAUSSIAN_V2_TABLE, dtype=torch.int64, device=dev).to(torch.int32).view(torch.float32)
+    y = table[j, 0] + (v - v0) * table[j, 1]
+    return torch.where((words >> 31) == 1, -y, y)
+
+
+def _rademacher_v2(numel: int, seed: int, key: int, offset: int, device) -> torch.Tensor:
+    """Spec version 2's Rademacher: 32 signs per Philox word (element i: counter i // 128, word i % 4,
+    bit (i // 4) % 32)."""
+    i = offset + torch.arange(numel, dtype=torch.int64, device=device)
+    n = spec.RADEMACHER_V2_ELEMENTS
+    c_first = offset // n
+    c = c_first + torch.arange((offset + numel - 1) // n - c_first + 1, dtype=torch.int64, device=device)
+    words = _counter_words(c, seed, key, spec.TAG_NOISE, 2)[i // n - c_first, i % 4]
+    return torch.where(((words >> ((i // 4) % 32)) & 1) == 1, -1.0, 1.0).to(torch.float32)
+
+
+def transform(words: torch.Tensor, dist: str, version: int = 1) -> torch.Tensor:
+    """Map the words of whole groups to float32 z. v1's Gaussian pairs lanes (0, 1) and (2, 3) of each group.
+    (Rademacher v2 takes its words per 128 elements, not per group: see noise.)"""
+    dev = words.device
+    if dist == "gaussian" and version == 2:
+        return gaussian_v2(words)
     if dist == "rademacher":
         return torch.where((words >> 31) == 1, -1.0, 1.0).to(torch.float32)
     if dist == "uniform":
@@ -134,12 +173,14 @@ def transform(words: torch.Tensor, dist: str) -> torch.Tensor:
     return torch.stack([za, zb], dim=1).reshape(-1)
 
 
-def noise(numel: int, seed: int, key: int, offset: int, dist: str, device) -> torch.Tensor:
-    """float32 z of elements offset .. offset+numel-1 of tensor `key` (flat)."""
+def noise(numel: int, seed: int, key: int, offset: int, dist: str, device, version: int = 1) -> torch.Tensor:
+    """float32 z of elements offset .. offset+numel-1 of tensor `key` (flat), under spec `version`."""
     if numel == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
-    flat, start = _group_words(numel, seed, key, offset, spec.TAG_NOISE, device)
-    return transform(flat, dist)[start : start + numel]
+    if dist == "rademacher" and version == 2:
+        return _rademacher_v2(numel, seed, key, offset, device)
+    flat, start = _group_words(numel, seed, key, offset, spec.TAG_NOISE, device, version)
+    return transform(flat, dist, version)[start : start + numel]
 
 
 def round_nearest(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -176,7 +217,7 @@ def round_stochastic(s: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> to
 
 
 def update_(tensor: torch.Tensor, seeds, coeffs, key: int, offset: int, dist: str, rounding: str,
-            source: torch.Tensor | None = None) -> bool:
+            source: torch.Tensor | None = None, version: int = 1) -> bool:
     """For each (seed, coeff) in order, w = round(w + float32(coeff) * z(seed)); w starts as `source`
     (default: the tensor itself) and ends in `tensor`. Returns whether `tensor` now holds an inf or NaN."""
     if tensor.numel() == 0:
@@ -184,9 +225,9 @@ def update_(tensor: torch.Tensor, seeds, coeffs, key: int, offset: int, dist: st
     w = (tensor if source is None else source).reshape(-1).to(torch.float32)
     for seed, coeff in zip(seeds, coeffs):
         c = torch.tensor(coeff, dtype=torch.float32, device=tensor.device)
-        s = w + c * noise(w.numel(), seed, key, offset, dist, tensor.device)
+        s = w + c * noise(w.numel(), seed, key, offset, dist, tensor.device, version)
         if rounding == "stochastic" and tensor.dtype != torch.float32:
-            r = random_words(w.numel(), seed, key, offset, spec.TAG_ROUNDING, tensor.device)
+            r = random_words(w.numel(), seed, key, offset, spec.TAG_ROUNDING, tensor.device, version)
             w = round_stochastic(s, r, tensor.dtype)
         else:
             w = round_nearest(s, tensor.dtype)

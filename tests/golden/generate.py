@@ -1,7 +1,9 @@
-"""Writes tests/golden/noise_v{SPEC_VERSION}.json from the torch reference (the readable definition).
+"""Writes tests/golden/noise_v{version}.json for every spec version from the torch reference (the readable
+definition).
 
-Run only when the spec version changes: `python tests/golden/generate.py`. The committed file is
-what every backend is tested against, so an accidental change to the stream fails the suite.
+Run only when a spec version is added: `python tests/golden/generate.py`. The committed files are
+what every backend is tested against, so an accidental change to a stream fails the suite (and an
+existing file must come out byte for byte the same: check `git diff`).
 """
 
 import json
@@ -40,20 +42,26 @@ def bits(t: torch.Tensor) -> str:
     return " ".join(f"{int(v) & mask:0{width}x}" for v in t.contiguous().view(view).reshape(-1))
 
 
-def main() -> None:
-    out = {"spec_version": spec.SPEC_VERSION, "noise": [], "update": []}
+def golden(version: int) -> dict:
+    out = {"spec_version": version, "noise": [], "update": []}
     for dist in spec.PORTABLE_DISTS:
         for seed, key, offset, numel in NOISE_CASES:
-            z = reference.noise(numel, seed, key, offset, dist, "cpu")
+            z = reference.noise(numel, seed, key, offset, dist, "cpu", version)
             out["noise"].append(dict(dist=dist, seed=seed, key=key, offset=offset, bits=bits(z)))
         for dtype in ("float32", "bfloat16", "float16"):
             for rounding in spec.ROUNDINGS:
                 w = initial_weights().to(getattr(torch, dtype))
-                reference.update_(w, UPDATE_SEEDS, UPDATE_COEFFS, UPDATE_KEY, UPDATE_OFFSET, dist, rounding)
+                reference.update_(w, UPDATE_SEEDS, UPDATE_COEFFS, UPDATE_KEY, UPDATE_OFFSET, dist, rounding,
+                                  version=version)
                 out["update"].append(dict(dist=dist, dtype=dtype, rounding=rounding, bits=bits(w)))
-    path = pathlib.Path(__file__).with_name(f"noise_v{spec.SPEC_VERSION}.json")
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {path}")
+    return out
+
+
+def main() -> None:
+    for version in spec.SPEC_VERSIONS:
+        path = pathlib.Path(__file__).with_name(f"noise_v{version}.json")
+        path.write_text(json.dumps(golden(version), indent=1) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ rounding compiles to cvt.rmi.ftz), and correctly rounded division and square roo
 tl.sqrt_rn) where plain `/` and tl.sqrt are approximate on NVIDIA GPUs. tests/test_triton_aot.py
 compiles every variant for sm_80 and sm_90 and checks the PTX for all of this. Element indices are
 int64 from the program id on (a 32-bit program_id * BLOCK wraps past 2^33 elements).
-Under TRITON_INTERPRET=1 the same code runs on CPU tensors.
+Under TRITON_INTERPRET=1 the same code runs on CPU tensors. Every kernel takes the noise spec version as a
+constexpr (VERSION) and the address of spec version 2's Gaussian table (one int64 per bin: t in the low
+32 bits, s in the high 32, so that one 8-byte load fetches a bin; version 1 does not read it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ _COS_C3: tl.constexpr = _F["COS_C3"]
 _COS_C4: tl.constexpr = _F["COS_C4"]
 _COS_C5: tl.constexpr = _F["COS_C5"]
 _SQRT3: tl.constexpr = _F["SQRT3"]
+_ROUNDS_V1: tl.constexpr = tl.constexpr(spec.PHILOX_ROUNDS)
+_ROUNDS_V2: tl.constexpr = tl.constexpr(spec.PHILOX_ROUNDS_V2)
+_GAUSS_V2_SHIFT: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_SHIFT)
+_GAUSS_V2_BIAS: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_BIAS)
+_GAUSS_V2_HIGH: tl.constexpr = tl.constexpr(0xFFFFFFFF ^ ((1 << spec.GAUSSIAN_V2_SHIFT) - 1))  # v0: low bits cleared
 
 DIST_CODES = {"gaussian": 0, "rademacher": 1, "uniform": 2, "gaussian-fast": 3}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -110,6 +117,26 @@ def _rademacher(a):
 
 
 @triton.jit
+def _rademacher_v2(a, n):
+    """Bit n of word a as a sign (spec v2: 32 signs per word)."""
+    return ((a << (31 - n)) & 0x80000000 | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gaussian_v2(a, table_ptr):
+    """Spec v2's Gaussian of one word: the table inverse normal CDF (see reference.gaussian_v2)."""
+    m = (a >> 8) & 0x7FFFFF
+    v = ((m << 1) | 1).to(tl.float32) * _c(0x33000000)  # * 2**-25, exact
+    b = v.to(tl.uint32, bitcast=True)
+    v0 = (b & _GAUSS_V2_HIGH).to(tl.float32, bitcast=True)
+    entry = tl.load(table_ptr + ((b >> _GAUSS_V2_SHIFT) - _GAUSS_V2_BIAS)).to(tl.uint64, bitcast=True)
+    t = (entry & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)
+    s = (entry >> 32).to(tl.uint32).to(tl.float32, bitcast=True)
+    y = t + (v - v0) * s
+    return (y.to(tl.uint32, bitcast=True) ^ (a & 0x80000000)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _interleave4(x0, x1, x2, x3):
     """[G] x 4 lanes -> [G, 4] in element order (join adds the new axis last, hence x0, x2 inside).
     The joined axes stay inside one thread: a thread owns whole Philox groups, nothing is exchanged."""
@@ -141,33 +168,46 @@ def _tile_mask(base, e, numel, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _words(seed, key, c0, c1, tag: tl.constexpr):
+def _words(seed, key, c0, c1, tag: tl.constexpr, VERSION: tl.constexpr):
     # c1, key and tag are scalars: Philox's first round on the (c1, key) half runs once per tile
-    return tl.philox(seed, c0, c1, key.to(tl.uint32), tl.full([], tag, tl.uint32), 10)
+    if VERSION == 1:
+        x0, x1, x2, x3 = tl.philox(seed, c0, c1, key.to(tl.uint32), tl.full([], tag, tl.uint32), _ROUNDS_V1)
+    else:
+        x0, x1, x2, x3 = tl.philox(seed, c0, c1, key.to(tl.uint32), tl.full([], tag, tl.uint32), _ROUNDS_V2)
+    return x0, x1, x2, x3
 
 
 @triton.jit
-def _noise(seed, key, c0, c1, DIST: tl.constexpr):
+def _noise(seed, key, c0, c1, table_ptr, DIST: tl.constexpr, VERSION: tl.constexpr):
     """z for the [G, 4] elements of groups (c0, c1), float32."""
-    x0, x1, x2, x3 = _words(seed, key, c0, c1, _TAG_NOISE)
-    if DIST == 0:
-        za, zb = _gaussian_pair(x0, x1)
-        zc, zd = _gaussian_pair(x2, x3)
-    elif DIST == 1:
-        za, zb, zc, zd = _rademacher(x0), _rademacher(x1), _rademacher(x2), _rademacher(x3)
-    elif DIST == 2:
-        za, zb, zc, zd = _uniform(x0), _uniform(x1), _uniform(x2), _uniform(x3)
-    else:  # gaussian-fast: triton's approximate Box-Muller on the same words, not portable
-        za, zb = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(x0),
-                                                  tl.random.uint_to_uniform_float(x1))
-        zc, zd = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(x2),
-                                                  tl.random.uint_to_uniform_float(x3))
+    if VERSION == 2 and DIST == 1:
+        # 32 consecutive groups share counter G >> 5 (G = c1 * 2**32 + c0), group G taking bit G % 32
+        x0, x1, x2, x3 = _words(seed, key, (c0 >> 5) | (c1 << 27), c1 >> 5, _TAG_NOISE, VERSION)
+        n = c0 & 31
+        za, zb, zc, zd = _rademacher_v2(x0, n), _rademacher_v2(x1, n), _rademacher_v2(x2, n), _rademacher_v2(x3, n)
+    else:
+        x0, x1, x2, x3 = _words(seed, key, c0, c1, _TAG_NOISE, VERSION)
+        if VERSION == 2 and DIST == 0:
+            za, zb = _gaussian_v2(x0, table_ptr), _gaussian_v2(x1, table_ptr)
+            zc, zd = _gaussian_v2(x2, table_ptr), _gaussian_v2(x3, table_ptr)
+        elif DIST == 0:
+            za, zb = _gaussian_pair(x0, x1)
+            zc, zd = _gaussian_pair(x2, x3)
+        elif DIST == 1:
+            za, zb, zc, zd = _rademacher(x0), _rademacher(x1), _rademacher(x2), _rademacher(x3)
+        elif DIST == 2:
+            za, zb, zc, zd = _uniform(x0), _uniform(x1), _uniform(x2), _uniform(x3)
+        else:  # gaussian-fast: triton's approximate Box-Muller on the same words, not portable
+            za, zb = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(x0),
+                                                      tl.random.uint_to_uniform_float(x1))
+            zc, zd = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(x2),
+                                                      tl.random.uint_to_uniform_float(x3))
     return _interleave4(za, zb, zc, zd)
 
 
 @triton.jit
-def _rounding_bits(seed, key, c0, c1):
-    x0, x1, x2, x3 = _words(seed, key, c0, c1, _TAG_ROUNDING)
+def _rounding_bits(seed, key, c0, c1, VERSION: tl.constexpr):
+    x0, x1, x2, x3 = _words(seed, key, c0, c1, _TAG_ROUNDING, VERSION)
     return _interleave4(x0, x1, x2, x3)
 
 
@@ -259,8 +299,9 @@ def _store_flagging_non_finite(ptr, w, flag, mask, DTYPE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["K"])
-def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.constexpr, DIST: tl.constexpr,
-                   STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False):
+def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, table_ptr, DTYPE: tl.constexpr, DIST: tl.constexpr,
+                   STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False,
+                   VERSION: tl.constexpr = 1):
     # One row of meta per run of consecutive tiles of one tensor; MASKED launches hold the tiles that a
     # tensor covers only in part (its first and last) and every tile of a tensor whose groups are not
     # vector-aligned in memory; the others run without masks, as vectors.
@@ -288,9 +329,9 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
     for k in range(K):
         seed = tl.load(seeds_ptr + k).to(tl.uint64, bitcast=True)
         c = tl.load(coeffs_ptr + k)
-        s = w + c * _noise(seed, key, c0, c1, DIST)
+        s = w + c * _noise(seed, key, c0, c1, table_ptr, DIST, VERSION)
         if STOCHASTIC:
-            r = _rounding_bits(seed, key, c0, c1)
+            r = _rounding_bits(seed, key, c0, c1, VERSION)
         else:
             r = tl.zeros(w.shape, tl.uint32)
         w = _round(s, r, DTYPE, STOCHASTIC)
@@ -298,7 +339,8 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
 
 
 @triton.jit
-def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False):
+def _noise_kernel(out_ptr, args_ptr, table_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False,
+                  VERSION: tl.constexpr = 1):
     # scalars travel as int64 in a tensor: python ints >= 2**31 would otherwise be typed per value.
     # Program p draws tile first + p * stride: the full tiles (stride 1) or the partial first and last.
     numel, offset, key = tl.load(args_ptr), tl.load(args_ptr + 1), tl.load(args_ptr + 3)
@@ -308,7 +350,8 @@ def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MA
     mask = None
     if MASKED:
         mask = _tile_mask(base, e, numel, BLOCK)
-    tl.store(_group_ptrs(out_ptr, base, e, tl.float32, MASKED), _noise(seed, key, c0, c1, DIST), mask=mask)
+    tl.store(_group_ptrs(out_ptr, base, e, tl.float32, MASKED), _noise(seed, key, c0, c1, table_ptr, DIST, VERSION),
+             mask=mask)
 
 
 def _tiles(numel: int, offset: int, block: int, aligned: bool = True) -> tuple[list, list]:
@@ -338,12 +381,25 @@ def _as_i64(x: int) -> int:
     return x - 2**64 if x >= 2**63 else x
 
 
+_TABLES: dict = {}
+
+
+def gaussian_v2_table(device) -> torch.Tensor:
+    """spec.GAUSSIAN_V2_TABLE on `device` as one int64 per bin (s << 32 | t), made once per device."""
+    device = torch.device(device)
+    if device not in _TABLES:
+        packed = [_as_i64((s << 32) | t) for t, s in spec.GAUSSIAN_V2_TABLE]
+        _TABLES[device] = torch.tensor(packed, dtype=torch.int64, device=device)
+    return _TABLES[device]
+
+
 def _check_block(block: int) -> None:
     if block < 1 or block & (block - 1):
         raise ValueError(f"block must be a power of two (tiles are aligned to it), got {block}")
 
 
-def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, block: int = BLOCK_G) -> None:
+def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, version: int = 1,
+          block: int = BLOCK_G) -> None:
     _check_block(block)
     for masked, runs in zip((False, True), _tiles(out.numel(), offset, block, _groups_aligned(offset, out))):
         if runs:
@@ -351,11 +407,11 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, block:
             grid = (sum(n for _, n in runs),)
             args = torch.tensor([out.numel(), offset, _as_i64(seed), key, first, stride], dtype=torch.int64,
                                 device=out.device)
-            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked,
-                                enable_fp_fusion=False, enable_reflect_ftz=False)
+            _noise_kernel[grid](out, args, gaussian_v2_table(out.device), DIST=DIST_CODES[dist], BLOCK=block,
+                                MASKED=masked, VERSION=version, enable_fp_fusion=False, enable_reflect_ftz=False)
 
 
-def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None,
+def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None, version: int = 1,
             block: int = BLOCK_G) -> torch.Tensor:
     """Returns one int32 per tensor on the tensors' device, nonzero where this pass wrote a non-finite
     value. The flags are set inside the update kernel; reading them on the host waits for the kernel
@@ -384,8 +440,8 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
             meta = torch.tensor(rows, dtype=torch.int64, device=device)
             prog = torch.repeat_interleave(torch.arange(len(rows), dtype=torch.int32, device=device),
                                            torch.tensor(counts, device=device))
-            _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
-                                           DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
-                                           BLOCK=block, MASKED=masked, enable_fp_fusion=False,
+            _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), gaussian_v2_table(device),
+                                           DTYPE=code, DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
+                                           BLOCK=block, MASKED=masked, VERSION=version, enable_fp_fusion=False,
                                            enable_reflect_ftz=False)
     return flags
