@@ -12,7 +12,7 @@ from .spec import SPEC_VERSION
 
 _LAZY = {
     "backends": "ops", "noise": "ops", "perturb_": "ops", "update_": "ops", "NonFiniteError": "ops",
-    "ZOSGD": "optim", "ZOAdam": "optim", "param_key": "optim", "zo_param_groups": "optim",
+    "ZOSGD": "optim", "ZOAdam": "optim", "zo_param_groups": "optim", "Engine": "engine", "param_key": "engine",
 }
 
 __all__ = ["SPEC_VERSION", *_LAZY]

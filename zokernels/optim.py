@@ -40,34 +40,17 @@ forwards; in place the weights themselves are perturbed).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import struct
 import threading
-import weakref
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from . import ops, spec
+from .engine import Engine, normalize_name, param_key  # noqa: F401  (param_key, normalize_name: public here too)
 from .seeding import derive_seed
-
-_WRAPPER_PARTS = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"}
-
-
-def normalize_name(name: str) -> str:
-    """Drop wrapper components (DDP's leading 'module.', FSDP, activation checkpointing, torch.compile)."""
-    parts = name.split(".")
-    while parts and parts[0] == "module":
-        parts = parts[1:]
-    return ".".join(p for p in parts if p not in _WRAPPER_PARTS)
-
-
-def param_key(name: str) -> int:
-    """The stable 32-bit noise key of a parameter: blake2b of its normalized name."""
-    digest = hashlib.blake2b(normalize_name(name).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little")
 
 
 # MeZO's zo_update exempts names containing these (case-sensitively; we ignore case, so RoBERTa/BERT's
@@ -144,163 +127,6 @@ def _loss_value(loss, what: str) -> float:
     return value
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module | None):
-    """Run the forwards without dropout (see the module docstring); training flags come back after."""
-    training = [m for m in module.modules() if m.training] if module is not None else []
-    for m in training:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
-
-
-# One lock per model, whichever optimizers step it (see the module docstring on threads).
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(module: nn.Module | None) -> threading.Lock:
-    if module is None:
-        return threading.Lock()
-    with _MODEL_LOCKS_GUARD:
-        return _MODEL_LOCKS.setdefault(module, threading.Lock())
-
-
-class _Arena:
-    """A stack allocator over one byte buffer per device for shadow-mode copies.
-
-    Modules run one after another (nesting is rare), so the live copies fit in about the largest
-    module's bytes; reusing one buffer across forwards also spares the page faults of allocating a
-    fresh tensor as large as an embedding for every forward.
-    """
-
-    def __init__(self):
-        self.bufs: dict[torch.device, torch.Tensor] = {}
-        self.top: dict[torch.device, int] = {}
-        self.outside = 0  # bytes of nested copies that did not fit the buffer
-
-    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, int]:
-        dev, nbytes = like.device, like.numel() * like.element_size()
-        top = self.top.get(dev, 0)
-        start = (top + 63) // 64 * 64
-        buf = self.bufs.get(dev)
-        if buf is None or start + nbytes > buf.numel():
-            if top:  # a copy is live in the buffer: this nested one lives on its own
-                self.outside += nbytes
-                return torch.empty_like(like), -1
-            buf = self.bufs[dev] = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-            start = 0
-        self.top[dev] = start + nbytes
-        return buf[start:start + nbytes].view(like.dtype).view(like.shape), top
-
-    def give_back(self, tensor: torch.Tensor, mark: int) -> None:
-        if mark < 0:
-            self.outside -= tensor.numel() * tensor.element_size()
-        else:
-            self.top[tensor.device] = mark
-
-    def in_use(self) -> int:
-        return sum(self.top.values()) + self.outside
-
-
-class _Shadow:
-    """Forward hooks that give each module perturbed weights just in time (see module docstring)."""
-
-    def __init__(self, module: nn.Module, key_of: dict[int, int], ratio_of: dict[int, float], update: Callable):
-        self.update = update
-        self.ratio_of = ratio_of  # each parameter's eps relative to the optimizer's (param groups may differ)
-        self.owned: dict[nn.Module, list[tuple[str, torch.Tensor, int]]] = {}
-        for mod in module.modules():
-            direct = [(n, p, key_of[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in key_of]
-            if direct:
-                self.owned[mod] = direct
-        self.handles = []
-        for mod in self.owned:
-            self.handles.append(mod.register_forward_pre_hook(self._pre))
-            self.handles.append(mod.register_forward_hook(self._post))
-        self.arena = _Arena()
-        self.active: tuple[int, float] | None = None
-        self.thread: int | None = None  # the stepping thread: other threads' forwards pass through unperturbed
-        self.swapped: list[tuple[nn.Module, list[tuple[str, torch.Tensor, torch.Tensor, int]]]] = []
-        self.peak_temp_bytes = 0
-
-    def _mine(self) -> bool:
-        return self.active is not None and threading.get_ident() == self.thread
-
-    def _pre(self, mod, args):
-        if not self._mine():
-            return None
-        if self._gatherable(mod, args):
-            return self._pre_embedding(mod, args)
-        seed, scale = self.active
-        entries = []
-        for name, p, _ in self.owned[mod]:
-            tmp, mark = self.arena.take(p)
-            entries.append((name, mod._parameters[name], tmp, mark))
-        # one fused pass per eps ratio (almost always one): tmp = round(p + scale * ratio * z)
-        by_ratio: dict[float, list] = {}
-        for (_, p, key), entry in zip(self.owned[mod], entries):
-            by_ratio.setdefault(self.ratio_of[id(p)], []).append((entry[2], p, key))
-        for ratio, items in by_ratio.items():
-            self.update([t for t, _, _ in items], [p for _, p, _ in items], seed, scale * ratio,
-                        [k for _, _, k in items])
-        for name, _, tmp, _ in entries:
-            mod._parameters[name] = tmp
-        self.swapped.append((mod, entries, None))
-        self.peak_temp_bytes = max(self.peak_temp_bytes, self.arena.in_use())
-        return None
-
-    def _gatherable(self, mod, args) -> bool:
-        """A plain nn.Embedding looking up fewer than half its rows: perturbing only those rows is cheaper."""
-        return (type(mod) is nn.Embedding and mod.max_norm is None and len(self.owned[mod]) == 1 and args
-                and isinstance(args[0], torch.Tensor) and args[0].numel() * 2 < mod.num_embeddings)
-
-    def _pre_embedding(self, mod, args):
-        """Swap in a table of just the looked-up rows, perturbed with their global element offsets (so
-        they equal the same rows of a fully perturbed table), and remap the indices into it."""
-        seed, scale = self.active
-        name, p, key = self.owned[mod][0]
-        rows, inverse = torch.unique(args[0], return_inverse=True)
-        dim = p.shape[1]
-        table, mark = self.arena.take(p[: rows.numel()])
-        row_ids = rows.tolist()
-        self.update([table[i] for i in range(len(row_ids))], [p[r] for r in row_ids], seed,
-                    scale * self.ratio_of[id(p)], [key] * len(row_ids), [r * dim for r in row_ids])
-        self.swapped.append((mod, [(name, mod._parameters[name], table, mark)], mod.padding_idx))
-        mod._parameters[name] = table
-        mod.padding_idx = None  # only affects gradients, and an index into the full table is out of range here
-        self.peak_temp_bytes = max(self.peak_temp_bytes, self.arena.in_use())
-        return (inverse.view_as(args[0]),) + tuple(args[1:])
-
-    def _post(self, mod, args, output):
-        if self._mine() and self.swapped and self.swapped[-1][0] is mod:
-            self._undo(self.swapped.pop())
-
-    def _undo(self, swap) -> None:
-        mod, entries, padding_idx = swap
-        for name, original, tmp, mark in reversed(entries):
-            mod._parameters[name] = original
-            self.arena.give_back(tmp, mark)
-        if padding_idx is not None:
-            mod.padding_idx = padding_idx
-
-    def loss(self, closure, seed: int, scale: float):
-        self.active, self.thread = (seed, scale), threading.get_ident()
-        try:
-            return closure()
-        finally:  # also after an exception inside the forward
-            while self.swapped:
-                self._undo(self.swapped.pop())
-            self.active = None
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
 class ZOSGD(torch.optim.Optimizer):
     """ZO-SGD (MeZO) with fused kernels; see the module docstring for modes.
 
@@ -356,20 +182,13 @@ class ZOSGD(torch.optim.Optimizer):
         if mode == "shadow" and module is None:
             raise ValueError("mode='shadow' hooks the model's modules: construct with ZOSGD(model, mode='shadow') "
                              "or pass module=model with named parameter groups")
-        self.key_of: dict[int, int] = {}
-        names_of_key: dict[int, str] = {}
-        for g in groups:
-            named = [(n, p) for n, p in g["params"] if p.requires_grad]
-            g["names"] = [n for n, _ in named]
-            g["params"] = [p for _, p in named]
-            for n, p in named:
-                ops.check_tensor(p, f"parameter {n!r}")  # here, not at the first step
-                key = param_key(n)
-                if names_of_key.get(key, normalize_name(n)) != normalize_name(n):
-                    raise ValueError(f"parameters {names_of_key[key]!r} and {n!r} hash to the same noise key; "
-                                     "rename one of them")
-                names_of_key[key] = normalize_name(n)
-                self.key_of[id(p)] = key
+        # the engine knows where each parameter lives and refuses, by name, what it cannot write
+        self.engine = Engine([g["params"] for g in groups], module=module, shadow=mode == "shadow", dist=dist,
+                             backend=backend)
+        params = self.engine.params()
+        for i, g in enumerate(groups):
+            slots = [s for s in range(len(params)) if self.engine.group_of(s) == i]
+            g["names"], g["params"] = [self.engine.names[s] for s in slots], [params[s] for s in slots]
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise ValueError("no trainable parameters (none has requires_grad=True)")
@@ -380,9 +199,10 @@ class ZOSGD(torch.optim.Optimizer):
                 if not ok(_f32(g[field], f"{where} {field}")):
                     raise ValueError(f"{where} {field} must be {'positive' if field == 'eps' else 'non-negative'}, "
                                      f"got {g[field]}")
-        self.name_of_key = {self.key_of[id(p)]: n for g in self.param_groups for n, p in zip(g["names"], g["params"])}
+        # the noise key of each parameter, by id (zofed's Replica reads it until it sits on the engine)
+        self.key_of = {id(p): key for p, key in zip(self.engine.params(), self.engine.keys)}
         self.module = module
-        self._lock, self._model_lock = threading.Lock(), _model_lock(module)
+        self._lock = threading.Lock()
         self.eps, self.q, self.dist, self.one_sided, self.sign = eps, q, dist, one_sided, sign
         self.momentum, self.rounding, self.seed, self.mode = momentum, rounding, seed, mode
         self.backend = backend
@@ -396,25 +216,12 @@ class ZOSGD(torch.optim.Optimizer):
         self._restore: list[tuple[int, float]] = []  # in-place: perturbation not yet undone
         self._restore_factors: list[float] | None = None  # per group: weight decay applied since (see _weight_decay)
         self._deferred: list[tuple[int, float]] = []  # fuse_steps: the last update, not yet written
-        ratio_of = {id(p): self._eps_ratio(g) for g in self.param_groups for p in g["params"]}
-        self._shadow = _Shadow(module, self.key_of, ratio_of, self._perturbed_copy) if mode == "shadow" else None
 
     def _materializes(self) -> bool:
         """Whether the update needs z as a tensor (momentum, Adam) rather than a fused seed update."""
         return self.momentum > 0
 
     # ------------------------------------------------------------ kernel calls
-
-    def _perturbed_copy(self, out, sources, seed, scale, keys, offsets=None):
-        try:
-            ops.perturb_(out, seed, scale, keys=keys, offsets=offsets, sources=sources, dist=self.dist,
-                         backend=self.backend)
-        except ops.NonFiniteError as exc:
-            names = ", ".join(f"{self.name_of_key[keys[i]]!r} ({out[i].dtype})" for i in exc.indices)
-            raise ops.NonFiniteError(
-                f"step {self.step_count}: the perturbed copy w + {scale:g} z of {names} is not finite (eps overflows "
-                "the dtype there). The weights themselves are unchanged: shadow mode writes only copies. Lower eps, "
-                "or keep these weights in float32/bfloat16.", exc.indices) from None
 
     def _eps_ratio(self, g: dict) -> float:
         return g["eps"] / self.eps
@@ -447,19 +254,11 @@ class ZOSGD(torch.optim.Optimizer):
     def _update_groups(self, pairs_of: Callable, rounding: str, what: str) -> None:
         """ops.update_ on every group with the (seed, coeff) pairs pairs_of(i, group). A non-finite result is
         reported after every group was written (the kernels find it inside their pass, too late to undo)."""
-        bad = []
-        for i, g in enumerate(self.param_groups):
-            pairs = pairs_of(i, g)
-            try:
-                ops.update_(g["params"], [s for s, _ in pairs], [c for _, c in pairs],
-                            keys=[self.key_of[id(p)] for p in g["params"]], dist=self.dist, rounding=rounding,
-                            backend=self.backend)
-            except ops.NonFiniteError as exc:
-                bad += [(g["names"][k], g["params"][k].dtype) for k in exc.indices]
+        bad = self.engine.update(lambda i: pairs_of(i, self.param_groups[i]), rounding)
         self.stats["weight_write_passes"] = self.stats.get("weight_write_passes", 0) + 1
         if bad:
             self._restore, self._restore_factors, self._deferred = [], None, []
-            names = ", ".join(f"{n!r} ({dtype})" for n, dtype in bad)
+            names = self.engine.describe(bad)
             raise ops.NonFiniteError(
                 f"step {self.step_count}: {what} made {names} non-finite (the result overflows the dtype). The write "
                 "was applied to every trainable parameter, so these now hold inf/NaN and cannot be restored: reload "
@@ -470,13 +269,20 @@ class ZOSGD(torch.optim.Optimizer):
 
     def _loss(self, closure, what: str, seed=None, scale=0.0) -> float:
         self.stats["forwards"] = self.stats.get("forwards", 0) + 1
-        if self._shadow is not None and seed is not None:
-            return _loss_value(self._shadow.loss(closure, seed, scale), what)
+        if self.mode == "shadow" and seed is not None:
+            return _loss_value(self._perturbed(closure, seed, scale), what)
         try:
             return _loss_value(closure(), what)
         except BaseException:
             self._flush()  # in-place: put the weights back before the error propagates
             raise
+
+    def _perturbed(self, closure, seed: int, scale: float):
+        """closure() on the shadow copies w + scale_g z(seed), scale_g = scale * eps_g / eps per param group."""
+        try:
+            return self.engine.perturbed(closure, seed, [scale * self._eps_ratio(g) for g in self.param_groups])
+        except ops.NonFiniteError as exc:
+            raise ops.NonFiniteError(f"step {self.step_count}: {exc}", exc.indices) from None
 
     def _projections(self, closure, seeds: list[int]) -> tuple[list[float], float]:
         """g_j for each seed and the first loss; in-place mode leaves the last restore in self._restore.
@@ -491,7 +297,7 @@ class ZOSGD(torch.optim.Optimizer):
         if self.one_sided:
             loss("unperturbed")
         for s in seeds:
-            if self._shadow is not None:
+            if self.mode == "shadow":
                 loss("+eps", s, eps)
                 if not self.one_sided:
                     loss("-eps", s, -eps)
@@ -547,14 +353,8 @@ class ZOSGD(torch.optim.Optimizer):
             raise RuntimeError(f"{what}: this optimizer is already running a call in another thread; an optimizer "
                                "steps one model at a time (use one optimizer and one model copy per thread)")
         try:
-            if not self._model_lock.acquire(blocking=False):
-                raise RuntimeError(f"{what}: another ZO optimizer is stepping this model right now; a model takes "
-                                   "one ZO call at a time (use one model copy per thread)")
-            try:
-                with _eval_mode(self.module):
-                    yield
-            finally:
-                self._model_lock.release()
+            with self.engine.running(what):
+                yield
         finally:
             self._lock.release()
 
@@ -584,9 +384,8 @@ class ZOSGD(torch.optim.Optimizer):
                     self._write((), updates, restore=True, what="the restore and update")
             self.last_seeds, self.last_projections = seeds, proj
             self.step_count += 1
-            if self._shadow is not None:
-                self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], self._shadow.peak_temp_bytes)
-                self._shadow.peak_temp_bytes = 0
+            self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], self.engine.peak_temp_bytes)
+            self.engine.reset_peak()
             return loss
 
     def _check_update(self, updates, proj) -> None:
@@ -605,43 +404,42 @@ class ZOSGD(torch.optim.Optimizer):
         the weights still sit at w - eps z here, so the pending restore is scaled by the same factor f:
         f (w - eps z) + f eps z = f w exactly in real arithmetic, with no extra pass."""
         factors = [1 - g["lr"] * g["weight_decay"] for g in self.param_groups]
-        for g, f in zip(self.param_groups, factors):
-            if f != 1:
-                for p in g["params"]:
-                    p.mul_(f)
+        self.engine.scale_(lambda i: factors[i])
         if any(f != 1 for f in factors):
             self.stats["weight_write_passes"] += 1
             if self._restore:
                 self._restore_factors = factors
 
     def _direction(self, p: torch.Tensor, updates) -> torch.Tensor:
-        """sum_k coeff_k z_k for one tensor, in float32 (a temporary as large as p)."""
-        d = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-        for s, c in updates:
-            d.add_(ops.noise(p.shape, s, key=self.key_of[id(p)], dist=self.dist, device=p.device,
-                             backend=self.backend), alpha=c)
+        """sum_k coeff_k z_k over p's local tensor, in float32 (a temporary as large as it)."""
+        d = self.engine.direction(self.engine.slot_of(p), updates)
         self.stats["peak_temp_bytes"] = max(self.stats["peak_temp_bytes"], 2 * d.numel() * 4)
         return d
+
+    def _local(self, p: torch.Tensor) -> torch.Tensor:
+        """The dense tensor holding p's values on this process (a shard of a DTensor)."""
+        return self.engine.local(self.engine.slot_of(p))
 
     def _materialized_update(self, updates) -> None:
         """ZO-SGD-MMT: m = momentum * m + d; w -= lr * m (d = -sum_j est_j z_j / q, so w += lr * m)."""
         for g in self.param_groups:
             for name, p in zip(g["names"], g["params"]):
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros(p.shape, dtype=torch.float32,
-                                                                              device=p.device))
+                w = self._local(p)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros(w.shape, dtype=torch.float32,
+                                                                              device=w.device))
                 buf.mul_(self.momentum).add_(self._direction(p, updates), alpha=self._estimate_scale(g))
-                self._assign(name, p, p.float().add_(buf, alpha=g["lr"]))
+                self._assign(name, w, w.float().add_(buf, alpha=g["lr"]))
         self.stats["weight_write_passes"] += 1
 
-    def _assign(self, name: str, p: torch.Tensor, new: torch.Tensor) -> None:
-        """p = new (rounded to p's dtype), refused when the result is not finite there."""
-        new = new.to(p.dtype)
+    def _assign(self, name: str, w: torch.Tensor, new: torch.Tensor) -> None:
+        """w = new (rounded to w's dtype), refused when the result is not finite there."""
+        new = new.to(w.dtype)
         if not torch.isfinite(new).all():
             raise ops.NonFiniteError(
-                f"step {self.step_count}: the update of {name!r} ({p.dtype}) is not finite; it and the parameters "
+                f"step {self.step_count}: the update of {name!r} ({w.dtype}) is not finite; it and the parameters "
                 "after it were left as they were, those before it (in param-group order) were updated at this step. "
                 "Lower lr, or keep the weights in float32/bfloat16.", [])
-        p.copy_(new)
+        w.copy_(new)
 
     def _flush(self) -> None:
         self._write((), self._take_deferred(), restore=True, what="the pending restore and update")
@@ -670,8 +468,8 @@ class ZOSGD(torch.optim.Optimizer):
         mode, up to rounding in place)."""
         with self._running("evaluate_pair()"):
             self._flush()
-            if self._shadow is not None:
-                return self._shadow.loss(closure, seed, self.eps), self._shadow.loss(closure, seed, -self.eps)
+            if self.mode == "shadow":
+                return self._perturbed(closure, seed, self.eps), self._perturbed(closure, seed, -self.eps)
             try:
                 self._write([(seed, self.eps)], what="the +eps perturbation")
                 self._restore = [(seed, -self.eps)]
@@ -709,9 +507,7 @@ class ZOSGD(torch.optim.Optimizer):
 
     def close(self) -> None:
         """Remove shadow-mode hooks (the model then runs unperturbed forwards as usual)."""
-        if self._shadow is not None:
-            self._shadow.remove()
-            self._shadow = None
+        self.engine.close()
 
 
 class ZOAdam(ZOSGD):
@@ -737,12 +533,12 @@ class ZOAdam(ZOSGD):
         t = self.step_count + 1
         for g in self.param_groups:
             for name, p in zip(g["names"], g["params"]):
-                st = self.state[p]
-                m = st.setdefault("exp_avg", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
-                v = st.setdefault("exp_avg_sq", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
+                st, w = self.state[p], self._local(p)
+                m = st.setdefault("exp_avg", torch.zeros(w.shape, dtype=torch.float32, device=w.device))
+                v = st.setdefault("exp_avg_sq", torch.zeros(w.shape, dtype=torch.float32, device=w.device))
                 d = self._direction(p, updates).mul_(self._estimate_scale(g))  # descent direction
                 m.mul_(b1).add_(d, alpha=1 - b1)
                 v.mul_(b2).addcmul_(d, d, value=1 - b2)
                 step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(self.adam_eps))
-                self._assign(name, p, p.float().add_(step, alpha=g["lr"]))
+                self._assign(name, w, w.float().add_(step, alpha=g["lr"]))
         self.stats["weight_write_passes"] += 1
