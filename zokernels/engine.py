@@ -150,10 +150,10 @@ def _layout(p: torch.Tensor, what: str) -> _Layout:
         local_shape, offset = compute_local_shape_and_global_offset(p.shape, mesh, placements)
         if tuple(local.shape) != tuple(local_shape):
             raise ValueError(f"{what}: the local tensor's shape {tuple(local.shape)} is not the {tuple(local_shape)} "
-                             f"that {placement} of {tuple(p.shape)} gives this rank")
+                             f"that {placement!r} of {tuple(p.shape)} gives this rank")
         parts = shard_parts(p.shape, placement.dim, offset[placement.dim], local.shape[0])
     else:
-        raise ValueError(f"{what} is a DTensor with placement {placement}; the engine perturbs Replicate(), Shard(0) "
+        raise ValueError(f"{what} is a DTensor with placement {placement!r}; the engine perturbs Replicate(), Shard(0) "
                          "and Shard(1) parameters (FSDP2, tensor parallel); a Partial tensor has no values to "
                          "perturb until it is reduced")
 
@@ -228,6 +228,8 @@ class Engine:
                     raise ValueError(f"parameters {names_of_key[key]!r} and {name!r} hash to the same noise key; "
                                      "rename one of them")
                 owner, attr = where.get(id(p), [(None, "")])[0]
+                for other, other_attr in where.get(id(p), [])[1:]:  # a tied weight's other holders: refused if
+                    offload.storage_of(other, other_attr, p)          # offloaded (their copy would miss updates)
                 self._slot_of[id(p)] = len(self._slots)
                 self._slots.append(_Slot(name, key, gi, owner, attr, p))
                 self._resolve(self._slots[-1])  # refuse what cannot be written here, not at the first step
