@@ -97,6 +97,7 @@ class _Slot:
     owner: nn.Module | None  # with attr: where the parameter is looked up at each use
     attr: str
     param: torch.Tensor  # the parameter at construction (optimizer state is keyed by it)
+    plain: torch.Tensor | None = None  # the last tensor resolved, when it was a plain one (its layout is fixed)
 
 
 @dataclass
@@ -268,7 +269,12 @@ class Engine:
         """Where the slot's values live now: the one resolver of parameters to dense tensors for writes."""
         p = self._current(slot)
         stored = offload.storage_of(slot.owner, slot.attr, p) if slot.owner is not None else None
-        return _layout(p if stored is None else stored, f"parameter {slot.name!r}")
+        t = p if stored is None else stored
+        if t is slot.plain:  # spares the checks on every write (the kernels check their tensors anyway)
+            return _Layout(t, [(None, 0)], _same)
+        lay = _layout(t, f"parameter {slot.name!r}")
+        slot.plain = t if lay.wrap is _same else None
+        return lay
 
     def params(self) -> list[torch.Tensor]:
         """The slots' parameters as constructed (what optimizer state is keyed by), in slot order."""

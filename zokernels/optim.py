@@ -25,6 +25,10 @@ optimizer knows the model (constructed from it, or with module=), it switches th
 for the forwards and restores every submodule's training flag afterwards; with bare named parameters,
 put the model in eval mode yourself.
 
+Where the weights live is the engine's business (zokernels.engine): parameters spread over devices,
+DTensors of FSDP2 (`fully_shard`) and tensor parallel (each rank perturbs and updates only its shards,
+bit-identical to the unsharded run), tied weights once. Build the optimizer after sharding the model.
+
 Weight decay follows MeZO's zo_update: w <- w - lr (g z + wd w), decaying the restored weights (never
 the perturbed ones), decoupled in ZOAdam (as AdamW). `ZOSGD(model, weight_decay=wd)` exempts biases
 and normalization weights (see `zo_param_groups`); explicit param groups decay as their
