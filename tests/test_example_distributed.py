@@ -1,0 +1,86 @@
+"""examples/zo_distributed.py under torchrun, 2 gloo processes on 127.0.0.1, one launch per parallel mode:
+data-parallel replicas stay bit-identical and follow the one-process run that averages both ranks' losses;
+the FSDP2-sharded run equals the one-process run bit for bit."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "zo_distributed.py"
+sys.path.insert(0, str(EXAMPLE.parent))
+
+import zo_distributed as ex  # noqa: E402
+
+ARGS = ["--steps", "4", "--batch", "4", "--seq", "8", "--vocab", "32", "--hidden", "16", "--layers", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path_factory, *args: str) -> list[dict]:
+    """One torchrun launch of the example on 2 processes; its JSON lines. Kills its whole process group."""
+    out = tmp_path_factory.mktemp("run")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(EXAMPLE), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    with open(out / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = (out / "log.txt").read_text()
+    assert code == 0, text[-3000:]
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def dp(tmp_path_factory):
+    return launch(tmp_path_factory, "--parallel", "dp", "--mode", "inplace", *ARGS)
+
+
+def test_data_parallel_replicas_are_bit_identical(dp):
+    *steps, final = dp
+    assert [s["step"] for s in steps] == [0, 1, 2, 3]
+    assert final["world"] == 2 and final["parallel"] == "dp"
+    assert final["rank_sha256"] == [final["sha256"]] * 2
+
+
+def test_data_parallel_equals_one_process_averaging_both_ranks_losses(dp):
+    """Rank r draws stream r; one process averaging the two streams' losses (float64, as the all-reduce
+    does: a sum of two numbers is the same either way round) takes the same steps bit for bit."""
+    args = ex.parse(["--parallel", "none", "--mode", "inplace", *ARGS])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = ex.build_model(args)
+        opt = ex.zokernels.ZOSGD(model, lr=args.lr, eps=args.eps, mode="inplace", seed=args.seed)
+        losses = []
+        for step in range(args.steps):
+            ids = [ex.batch(args, step, r, torch.device("cpu")) for r in (0, 1)]
+            losses.append(opt.step(lambda: sum(model(input_ids=i, labels=i).loss.double() for i in ids) / 2))
+        sha = ex.weights_sha256(model)
+    finally:
+        torch.set_num_threads(threads)
+    assert [s["loss"] for s in dp[:-1]] == losses
+    assert dp[-1]["sha256"] == sha
+
+
+def test_distributed_modes_say_how_to_launch(monkeypatch, capsys):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        ex.parse(["--parallel", "fsdp2"])
+    assert e.value.code == 2
+    assert "torchrun --nproc_per_node 2 examples/zo_distributed.py --parallel fsdp2" in capsys.readouterr().err
