@@ -109,7 +109,23 @@ def storage_of(owner: nn.Module, name: str, param: torch.Tensor) -> torch.Tensor
     Raises OffloadError for a parameter on the meta device whose values cannot be found or written."""
     hook = _align_hook(owner)
     if hook is not None and hook.offload and hook.weights_map is not None:
-        return _storage_in(hook.weights_map, name)
+        what = repr(getattr(hook.weights_map, "prefix", "") + name)  # the full name where accelerate's map knows it
+        if name in getattr(hook, "tied_params_names", ()):
+            # each holder of a tied weight is offloaded on its own (a .dat file each on disk), and dispatch may
+            # untie the parameters: one update could not reach every copy
+            raise OffloadError(f"parameter {what} is a tied weight that accelerate "
+                               "offloads: ZO updates cannot keep its copies tied. Put the modules that share it on "
+                               "the main device (device_map='auto' keeps tied modules together)")
+        stored = _storage_in(hook.weights_map, name)
+        if stored.dtype != param.dtype or stored.shape != param.shape:
+            # accelerate casts at every load (load_checkpoint_and_dispatch(dtype=...) writes the checkpoint's
+            # dtype to disk): an update of the stored copy would not be the update of the weights the forward uses
+            raise OffloadError(
+                f"parameter {what} is {param.dtype} {tuple(param.shape)} but accelerate "
+                f"stores it offloaded as {stored.dtype} {tuple(stored.shape)} and converts at every forward: ZO updates "
+                "must be written in the dtype the forward uses. Save the checkpoint in that dtype and dispatch it "
+                "without dtype=, or put this module on a device")
+        return stored
     if param.device.type == "meta":
         raise OffloadError(f"parameter {name!r} of a {type(owner).__name__} is on the meta device and no accelerate offload "
                            "hook on that module says where its values live: load the weights first, and dispatch without "
@@ -126,6 +142,7 @@ class _HookWrap:
     def __init__(self, owner: nn.Module, hook, pre: Callable, post: Callable):
         self.owner, self.hook, self.pre, self.post = owner, hook, pre, post
         self.inner_pre, self.inner_post = hook.pre_forward, hook.post_forward
+        self.own = {a: a in vars(hook) for a in ("pre_forward", "post_forward")}  # set on the instance before us?
         self.active = True
         hook.pre_forward, hook.post_forward = self._pre_forward, self._post_forward
 
@@ -146,10 +163,13 @@ class _HookWrap:
 
     def remove(self) -> None:
         self.active = False  # a wrapper stacked on ours keeps calling through, now transparently
-        if self.hook.__dict__.get("pre_forward") == self._pre_forward:
-            self.hook.pre_forward = self.inner_pre
-        if self.hook.__dict__.get("post_forward") == self._post_forward:
-            self.hook.post_forward = self.inner_post
+        for attr, ours, inner in (("pre_forward", self._pre_forward, self.inner_pre),
+                                  ("post_forward", self._post_forward, self.inner_post)):
+            if vars(self.hook).get(attr) == ours:
+                if self.own[attr]:
+                    setattr(self.hook, attr, inner)
+                else:  # back to the class's method
+                    delattr(self.hook, attr)
 
 
 def add_forward_hooks(owner: nn.Module, pre: Callable, post: Callable) -> list:
