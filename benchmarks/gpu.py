@@ -9,14 +9,15 @@ bandwidth  For each dtype (float32, bfloat16, float16) the tensors are the OPT m
            It is reported as a fraction of the peak measured in the same run on the same tensors (the faster of
            torch._foreach_copy_ into twins and torch._foreach_add_: plain read+write passes) and of the nominal
            HBM peak of the GPU (table NOMINAL_PEAK, from the vendors' data sheets; null for another GPU).
-           Every dist is timed, gaussian-fast (Triton's approximate, non-portable Gaussian) on CUDA only.
+           Every dist of every noise spec version is timed (version 2 is the cheaper opt-in stream), and
+           gaussian-fast (Triton's approximate, non-portable Gaussian) on CUDA.
            All cases of one dtype run round-robin (benchmarks/kernels.py's `interleaved`, median of --reps),
            each followed by a device synchronize.
 zo_step    ZO-SGD step time of MeZO's loop (benchmarks/zo_step.py's transcription: torch.manual_seed and one
            torch.normal per parameter, 4 passes) and of ZOSGD in-place, in-place fused and shadow, each on its
            own copy of the model (random weights from --config; bfloat16 on CUDA, float32 on CPU), the steps
            interleaved, median of --reps; a plain forward is timed in the same round-robin.
-golden     Every case of tests/golden/noise_v{spec}.json (noise and update, every dist, dtype, rounding) computed
+golden     Every case of tests/golden/noise_v{1,2}.json (noise and update, every dist, dtype, rounding) computed
            by the Triton backend on the device (on CPU: Triton's interpreter) and compared bit for bit.
            A mismatch makes the script exit with status 1 after printing the report.
 """
@@ -92,24 +93,28 @@ def bandwidth(cfg, device: torch.device, reps: int, peak: float | None) -> list[
 
     with torch.device("meta"):
         shapes = [p.shape for p in OPTForCausalLM(cfg).parameters()]  # the tied embedding once
-    dists = list(spec.PORTABLE_DISTS) + (["gaussian-fast"] if device.type == "cuda" else [])
+    streams = [(dist, v) for v in spec.SPEC_VERSIONS for dist in spec.PORTABLE_DISTS]
+    if device.type == "cuda":
+        streams.append(("gaussian-fast", None))  # not a spec stream: no version
     rows = []
     for dtype in DTYPES:
         params = [torch.randn(s, device=device).to(dtype) for s in shapes]
         twins = [torch.empty_like(p) for p in params]
         keys = list(range(len(params)))
         moved = 2 * sum(p.numel() * p.element_size() for p in params)  # one read and one write of each element
-        cases = {"copy": lambda: torch._foreach_copy_(twins, params),
-                 "foreach_add": lambda: torch._foreach_add_(params, 1e-7)}
-        for dist in dists:
-            cases[dist] = lambda dist=dist: zokernels.perturb_(params, 1, 1e-3, keys=keys, dist=dist)
+        cases = {("copy", None): lambda: torch._foreach_copy_(twins, params),
+                 ("foreach_add", None): lambda: torch._foreach_add_(params, 1e-7)}
+        for dist, v in streams:
+            cases[dist, v] = lambda dist=dist, v=v: zokernels.perturb_(params, 1, 1e-3, keys=keys, dist=dist,
+                                                                       **({"spec_version": v} if v else {}))
         seconds = interleaved({name: synced(fn, device) for name, fn in cases.items()}, reps)
-        measured = max(moved / seconds["copy"], moved / seconds["foreach_add"])
-        for name, s in seconds.items():
+        measured = moved / min(seconds["copy", None], seconds["foreach_add", None])
+        for (name, v), s in seconds.items():
             bps = moved / s
-            rows.append(dict(case=name, kind="floor" if name in ("copy", "foreach_add") else "perturb_pass",
-                             dtype=str(dtype).split(".")[1], seconds=s, bytes=moved, bytes_per_s=bps,
-                             vs_measured_peak=bps / measured, vs_nominal_peak=bps / peak if peak else None))
+            rows.append(dict(case=name, spec_version=v, kind="floor" if v is None and name != "gaussian-fast"
+                             else "perturb_pass", dtype=str(dtype).split(".")[1], seconds=s, bytes=moved,
+                             bytes_per_s=bps, vs_measured_peak=bps / measured,
+                             vs_nominal_peak=bps / peak if peak else None))
         del params, twins
     return rows
 
@@ -153,29 +158,29 @@ def zo_steps(cfg, device: torch.device, reps: int, batch: int, seq: int) -> dict
                 params=sum(p.numel() for p in first.parameters()), results=results)
 
 
-def golden(path: pathlib.Path, device: torch.device, backend: str) -> dict:
-    """Every golden case recomputed by `backend` on `device`, compared bit for bit (as hex strings)."""
-    cases = json.loads(path.read_text())
-    if cases["spec_version"] != spec.SPEC_VERSION:
-        raise ValueError(f"{path} holds spec version {cases['spec_version']}, the kernels' default is "
-                         f"{spec.SPEC_VERSION}: pass --golden tests/golden/noise_v{spec.SPEC_VERSION}.json")
+def golden(folder: pathlib.Path, device: torch.device, backend: str) -> dict:
+    """Every case of every spec version's golden file recomputed by `backend` on `device`, compared bit for bit
+    (as the files write them: hex strings)."""
     mismatches, count = [], 0
-    for c in cases["noise"]:
-        n = len(c["bits"].split())
-        z = zokernels.noise(n, c["seed"], key=c["key"], offset=c["offset"], dist=c["dist"], device=device,
-                            backend=backend)
-        count += 1
-        if generate.bits(z.cpu()) != c["bits"]:
-            mismatches.append(f"noise {c['dist']} seed={c['seed']} key={c['key']} offset={c['offset']}")
-    for c in cases["update"]:
-        w = generate.initial_weights().to(getattr(torch, c["dtype"])).to(device)
-        zokernels.update_(w, generate.UPDATE_SEEDS, generate.UPDATE_COEFFS, keys=generate.UPDATE_KEY,
-                          offsets=generate.UPDATE_OFFSET, dist=c["dist"], rounding=c["rounding"], backend=backend)
-        count += 1
-        if generate.bits(w.cpu()) != c["bits"]:
-            mismatches.append(f"update {c['dist']} {c['dtype']} {c['rounding']}")
-    return dict(file=str(path), spec_version=spec.SPEC_VERSION, backend=backend, cases=count, mismatches=mismatches,
-                all_equal=not mismatches)
+    for version in spec.SPEC_VERSIONS:
+        cases = json.loads((folder / f"noise_v{version}.json").read_text())
+        for c in cases["noise"]:
+            n = len(c["bits"].split())
+            z = zokernels.noise(n, c["seed"], key=c["key"], offset=c["offset"], dist=c["dist"], device=device,
+                                backend=backend, spec_version=version)
+            count += 1
+            if generate.bits(z.cpu()) != c["bits"]:
+                mismatches.append(f"v{version} noise {c['dist']} seed={c['seed']} key={c['key']} offset={c['offset']}")
+        for c in cases["update"]:
+            w = generate.initial_weights().to(getattr(torch, c["dtype"])).to(device)
+            zokernels.update_(w, generate.UPDATE_SEEDS, generate.UPDATE_COEFFS, keys=generate.UPDATE_KEY,
+                              offsets=generate.UPDATE_OFFSET, dist=c["dist"], rounding=c["rounding"],
+                              backend=backend, spec_version=version)
+            count += 1
+            if generate.bits(w.cpu()) != c["bits"]:
+                mismatches.append(f"v{version} update {c['dist']} {c['dtype']} {c['rounding']}")
+    return dict(folder=str(folder), spec_versions=list(spec.SPEC_VERSIONS), backend=backend, cases=count,
+                mismatches=mismatches, all_equal=not mismatches)
 
 
 def device_name(device: torch.device) -> str:
@@ -185,10 +190,11 @@ def device_name(device: torch.device) -> str:
 def table(report: dict) -> str:
     peak = report["nominal_peak_bytes_per_s"]
     lines = [f"{report['device_name']}, nominal peak {peak / 1e12:.2f} TB/s" if peak else report["device_name"],
-             f"{'pass':<16}{'dtype':<10}{'time':>10}{'GB/s':>10}{'x measured':>12}{'x nominal':>11}"]
+             f"{'pass':<18}{'dtype':<10}{'time':>10}{'GB/s':>10}{'x measured':>12}{'x nominal':>11}"]
     for r in report["bandwidth"]:
         nominal = f"{r['vs_nominal_peak']:.0%}" if r["vs_nominal_peak"] is not None else "-"
-        lines.append(f"{r['case']:<16}{r['dtype']:<10}{r['seconds'] * 1e3:>8.3f}ms{r['bytes_per_s'] / 1e9:>10.0f}"
+        name = r["case"] + (f" v{r['spec_version']}" if r["spec_version"] else "")
+        lines.append(f"{name:<18}{r['dtype']:<10}{r['seconds'] * 1e3:>8.3f}ms{r['bytes_per_s'] / 1e9:>10.0f}"
                      f"{r['vs_measured_peak']:>12.0%}{nominal:>11}")
     z = report["zo_step"]
     lines += ["", f"{report['model']}: {z['params'] / 1e6:.1f}M parameters, {z['dtype']}, batch {z['batch']} x "
@@ -198,7 +204,7 @@ def table(report: dict) -> str:
         lines.append(f"{r['variant']:<15}{r['step_s'] * 1e3:>9.1f}ms{r['speedup_vs_mezo']:>9.2f}x"
                      f"{r['vs_two_forwards']:>9.2f}x{r['weight_write_passes']:>8}")
     g = report["golden"]
-    lines += ["", f"golden vectors (spec v{g['spec_version']}, backend {g['backend']}): "
+    lines += ["", f"golden vectors (spec versions {g['spec_versions']}, backend {g['backend']}): "
               f"{g['cases'] - len(g['mismatches'])}/{g['cases']} bit-identical"]
     return "\n".join(lines)
 
@@ -213,7 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--golden", default=str(ROOT / "tests" / "golden" / f"noise_v{spec.SPEC_VERSION}.json"))
+    ap.add_argument("--golden", default=str(ROOT / "tests" / "golden"),
+                    help="the folder of the golden files noise_v{version}.json")
     ap.add_argument("--table", action="store_true", help="also print a human-readable table")
     args = ap.parse_args(argv)
     try:
@@ -226,9 +233,12 @@ def main(argv=None) -> int:
         ap.error(f"--device must be cuda or cpu, got {args.device}")
     if args.reps < 1 or args.batch < 1 or args.seq < 1 or (args.layers is not None and args.layers < 1):
         ap.error("--reps, --batch, --seq and --layers must be >= 1")
-    for flag, path in (("--config", args.config), ("--golden", args.golden)):
-        if not (args.small and flag == "--config") and not pathlib.Path(path).is_file():
-            ap.error(f"{flag}: no such file {path}")
+    if not args.small and not pathlib.Path(args.config).is_file():
+        ap.error(f"--config: no such file {args.config}")
+    missing = [f"noise_v{v}.json" for v in spec.SPEC_VERSIONS
+               if not (pathlib.Path(args.golden) / f"noise_v{v}.json").is_file()]
+    if missing:
+        ap.error(f"--golden: {args.golden} lacks {', '.join(missing)}")
     batch, seq = (2, 16) if args.small else (args.batch, args.seq)
     cfg = opt_config(None if args.small else args.config, args.layers)
     peak = nominal_peak(device_name(device)) if device.type == "cuda" else None

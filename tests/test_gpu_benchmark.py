@@ -12,8 +12,8 @@ import torch
 import zokernels
 
 SCRIPT = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu.py"
-GOLDEN = pathlib.Path(__file__).parent / "golden" / "noise_v1.json"
-PASS_KEYS = {"case", "kind", "dtype", "seconds", "bytes", "bytes_per_s", "vs_measured_peak", "vs_nominal_peak"}
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+PASS_KEYS = {"case", "spec_version", "kind", "dtype", "seconds", "bytes", "bytes_per_s", "vs_measured_peak", "vs_nominal_peak"}
 
 
 def run(*args: str, timeout: int = 600) -> tuple[int, dict, str]:
@@ -23,13 +23,14 @@ def run(*args: str, timeout: int = 600) -> tuple[int, dict, str]:
 
 
 def with_one_wrong_bit(tmp_path) -> tuple[pathlib.Path, str]:
-    """The golden file with the last hex digit of one update case's bits changed."""
-    golden = json.loads(GOLDEN.read_text())
+    """A copy of the golden folder with the last hex digit of one spec v2 update case's bits changed."""
+    for v in (1, 2):
+        (tmp_path / f"noise_v{v}.json").write_text((GOLDEN / f"noise_v{v}.json").read_text())
+    golden = json.loads((tmp_path / "noise_v2.json").read_text())
     case = golden["update"][4]
     case["bits"] = case["bits"][:-1] + ("0" if case["bits"][-1] != "0" else "1")
-    path = tmp_path / "golden.json"
-    path.write_text(json.dumps(golden))
-    return path, f"update {case['dist']} {case['dtype']} {case['rounding']}"
+    (tmp_path / "noise_v2.json").write_text(json.dumps(golden))
+    return tmp_path, f"v2 update {case['dist']} {case['dtype']} {case['rounding']}"
 
 
 @pytest.mark.skipif("cpu" not in zokernels.backends(), reason="C++ extension not built")
@@ -44,10 +45,11 @@ def test_cpu_run_reports_every_section_and_catches_a_wrong_golden_value(tmp_path
     rows = report["bandwidth"]
     assert all(set(r) == PASS_KEYS for r in rows)
     for dtype in ("float32", "bfloat16", "float16"):
-        mine = {r["case"]: r for r in rows if r["dtype"] == dtype}
-        assert set(mine) == {"copy", "foreach_add", "gaussian", "rademacher", "uniform"}  # no gaussian-fast on CPU
+        mine = {(r["case"], r["spec_version"]): r for r in rows if r["dtype"] == dtype}
+        assert set(mine) == {("copy", None), ("foreach_add", None)} | {
+            (d, v) for d in ("gaussian", "rademacher", "uniform") for v in (1, 2)}  # no gaussian-fast on CPU
         assert len({r["bytes"] for r in mine.values()}) == 1
-        assert max(mine["copy"]["vs_measured_peak"], mine["foreach_add"]["vs_measured_peak"]) == 1.0
+        assert max(mine["copy", None]["vs_measured_peak"], mine["foreach_add", None]["vs_measured_peak"]) == 1.0
         for r in mine.values():
             assert r["bytes_per_s"] == pytest.approx(r["bytes"] / r["seconds"]) and r["vs_nominal_peak"] is None
 
@@ -59,8 +61,8 @@ def test_cpu_run_reports_every_section_and_catches_a_wrong_golden_value(tmp_path
     assert by["shadow"]["speedup_vs_mezo"] == pytest.approx(by["mezo"]["step_s"] / by["shadow"]["step_s"])
 
     g = report["golden"]
-    assert g["backend"] == "triton" and g["cases"] == 36  # 18 noise + 18 update cases, on Triton's interpreter
-    assert g["mismatches"] == [wrong] and g["all_equal"] is False  # the other 35 are bit-identical
+    assert g["backend"] == "triton" and g["cases"] == 72  # 18 noise + 18 update cases per version, interpreted
+    assert g["mismatches"] == [wrong] and g["all_equal"] is False  # the other 71 are bit-identical
 
 
 def test_bad_arguments_are_named():
@@ -79,7 +81,7 @@ def test_gpu_run_matches_golden_and_reports_bandwidth():
     assert code == 0, err[-3000:]
     assert report["golden"]["all_equal"] and report["golden"]["backend"] == "triton"
     cases = {(r["case"], r["dtype"]) for r in report["bandwidth"]}
-    assert ("gaussian-fast", "bfloat16") in cases
+    assert ("gaussian-fast", "bfloat16") in cases and ("rademacher", "bfloat16") in cases
     for r in report["bandwidth"]:
         assert r["vs_measured_peak"] > 0
         if r["kind"] == "floor" and r["vs_nominal_peak"] is not None:
