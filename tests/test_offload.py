@@ -121,6 +121,25 @@ def test_dispatched_cpu_and_disk_equal_undispatched_bitwise(checkpoint, tmp_path
         assert torch.equal(bits(_dat(folder, name, before[name])), bits(ref.get_parameter(name))), name
 
 
+def test_cpu_offload_state_dict_equals_undispatched_bitwise():
+    """accelerate.cpu_offload keeps every weight in a CPU state dict (a plain dict behind its hooks)."""
+    config = transformers.OPTConfig(**CONFIG, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    ref = transformers.OPTForCausalLM(config).eval()
+    model = transformers.OPTForCausalLM(config).eval()
+    model.load_state_dict(ref.state_dict())
+    model = accelerate.cpu_offload(model, execution_device="cpu")
+    assert model.lm_head.weight.device.type == "meta"
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(3))
+    for m in (ref, model):
+        opt = zokernels.ZOSGD(m, lr=1e-2, mode="shadow", seed=1)
+        for _ in range(2):
+            opt.step(lambda: m(input_ids=ids, labels=ids).loss)
+    gathered = get_state_dict_offloaded_model(model)
+    for name, p in ref.named_parameters():
+        assert torch.equal(bits(gathered[name]), bits(p)), name
+
+
 def test_shadow_hooks_are_removed_with_the_optimizer(checkpoint, tmp_path):
     model = _dispatched(checkpoint, tmp_path / "offload")
     hook = model.model.decoder.final_layer_norm._hf_hook
@@ -191,12 +210,13 @@ def test_gpu_device_map_with_cpu_and_disk_offload(checkpoint, tmp_path, mode):
     CPU state dict: the update runs on the CPU backend) and one to disk, against the same model on one GPU."""
     last = torch.cuda.device_count() - 1
     device_map = dict(DEVICE_MAP, **{"model.decoder.embed_tokens": 0, "model.decoder.embed_positions": 0,
-                                     "model.decoder.layers.0": 0, "model.decoder.layers.2": last,
+                                     "model.decoder.layers.0": 0, "model.decoder.layers.2": "cpu",
                                      "model.decoder.final_layer_norm": last, "lm_head": 0})
     ref = transformers.OPTForCausalLM.from_pretrained(checkpoint).eval().cuda()
     ref_losses = _train(ref, mode, "cuda")
     model = accelerate.load_checkpoint_and_dispatch(_empty(), checkpoint, device_map=device_map,
                                                     offload_folder=str(tmp_path / "offload")).eval()
+    assert model.model.decoder.layers[2].fc1.weight.device.type == "meta"  # "cpu" is offloaded beside a GPU
     assert _train(model, mode, "cuda") == ref_losses
     gathered = get_state_dict_offloaded_model(model)
     for name, p in ref.named_parameters():

@@ -63,13 +63,13 @@ def _memmap_tensor(path: str, info: dict, name: str) -> torch.Tensor:
 
 def _storage_in(weights_map, key: str) -> torch.Tensor:
     """The persistent tensor behind weights_map[key] (accelerate's maps hand out fresh copies for disk)."""
-    if isinstance(weights_map, dict):  # accelerate's init_hook made CPU copies itself (cpu_offload without a map)
-        if key not in weights_map:
-            raise OffloadError(f"parameter {key!r} is offloaded by accelerate but its weights map has no entry for it")
-        return weights_map[key]
-    prefix = getattr(weights_map, "prefix", None)
+    prefix = getattr(weights_map, "prefix", "")
     loader = getattr(weights_map, "dataset", weights_map)
-    full = (prefix or "") + key
+    full = prefix + key
+    if isinstance(loader, dict):  # a CPU state dict: cpu_offload's, or the copies init_hook made without a map
+        if full not in loader:
+            raise OffloadError(f"parameter {full!r} is offloaded by accelerate but its weights map has no entry for it")
+        return loader[full]
     state, index = getattr(loader, "state_dict", None), getattr(loader, "index", None)
     if not isinstance(state, dict) or not isinstance(index, dict):
         raise OffloadError(f"parameter {key!r} is offloaded by accelerate into a {type(weights_map).__name__}, a weights "
