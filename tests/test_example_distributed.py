@@ -46,9 +46,26 @@ def launch(tmp_path_factory, *args: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def one_process(*args: str) -> list[dict]:
+    """The example's run in this process, on one thread as the launched ranks are (CPU sums depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    lines = []
+    try:
+        ex.run(ex.parse(["--parallel", "none", *args]), emit=lambda s: lines.append(json.loads(s)))
+    finally:
+        torch.set_num_threads(threads)
+    return lines
+
+
 @pytest.fixture(scope="module")
 def dp(tmp_path_factory):
     return launch(tmp_path_factory, "--parallel", "dp", "--mode", "inplace", *ARGS)
+
+
+@pytest.fixture(scope="module")
+def fsdp2(tmp_path_factory):
+    return launch(tmp_path_factory, "--parallel", "fsdp2", "--mode", "shadow", *ARGS)
 
 
 def test_data_parallel_replicas_are_bit_identical(dp):
@@ -76,6 +93,14 @@ def test_data_parallel_equals_one_process_averaging_both_ranks_losses(dp):
         torch.set_num_threads(threads)
     assert [s["loss"] for s in dp[:-1]] == losses
     assert dp[-1]["sha256"] == sha
+
+
+def test_fsdp2_run_equals_the_one_process_run_bit_for_bit(fsdp2):
+    ref = one_process("--mode", "shadow", *ARGS)
+    assert fsdp2[-1]["sha256"] == ref[-1]["sha256"]
+    assert [s["loss"] for s in fsdp2[:-1]] == [s["loss"] for s in ref[:-1]]
+    shards = fsdp2[-1]["rank_sha256"]
+    assert len(set(shards)) == 2 and ref[-1]["sha256"] not in shards  # each rank held only its shard
 
 
 def test_distributed_modes_say_how_to_launch(monkeypatch, capsys):
