@@ -216,6 +216,8 @@ class Engine:
         given, groups = _named_param_groups(params)
         self.module = module or given
         self.dist, self.backend = dist, backend
+        self._fsdp = _fsdp_modules(self.module)
+        self._reshard()  # so that slots see the sharded parameters even right after a forward
         where = self._owners()
         self._slots: list[_Slot] = []
         self._slot_of: dict[int, int] = {}
@@ -236,7 +238,6 @@ class Engine:
                 self._resolve(self._slots[-1])  # refuse what cannot be written here, not at the first step
         self.names = [s.name for s in self._slots]
         self.keys = [s.key for s in self._slots]
-        self._fsdp = _fsdp_modules(self.module)
         self._lock = _model_lock(self.module)
         self._shadow = None
         if shadow:
@@ -315,9 +316,9 @@ class Engine:
                 t = piece.tensor
                 launches.setdefault((self._slots[piece.slot].group, t.device, t.dtype), []).append(piece)
         bad: list[int] = []
-        pairs_by_group: dict[int, list] = {}
+        pairs_by_group = {group: pairs_of(group) for group, _, _ in launches}
         for (group, _, _), pieces in launches.items():
-            pairs = pairs_by_group.setdefault(group, pairs_of(group))
+            pairs = pairs_by_group[group]
             if not pairs:
                 continue
             try:
