@@ -152,6 +152,8 @@ def parse(argv=None):
         ap.error("--hidden must be an even number >= 2 (2 attention heads)")
     if not (args.lr > 0 and args.eps > 0):
         ap.error("--lr and --eps must be > 0")
+    if not 0 <= args.seed < 2**32:
+        ap.error("--seed must be in 0..2**32-1")
     if args.parallel != "none" and "RANK" not in os.environ:
         ap.error(f"--parallel {args.parallel} runs under torchrun: "
                  f"torchrun --nproc_per_node 2 examples/zo_distributed.py --parallel {args.parallel}")

@@ -103,9 +103,15 @@ def test_fsdp2_run_equals_the_one_process_run_bit_for_bit(fsdp2):
     assert len(set(shards)) == 2 and ref[-1]["sha256"] not in shards  # each rank held only its shard
 
 
-def test_distributed_modes_say_how_to_launch(monkeypatch, capsys):
-    monkeypatch.delenv("RANK", raising=False)
+@pytest.mark.parametrize("argv, message", [
+    (["--parallel", "fsdp2"], "torchrun --nproc_per_node 2 examples/zo_distributed.py --parallel fsdp2"),
+    (["--parallel", "none", "--seed", "-1"], "--seed must be in 0..2**32-1"),
+    (["--parallel", "none", "--hidden", "3"], "--hidden must be an even number"),
+    (["--parallel", "none", "--lr", "nan"], "--lr and --eps must be > 0"),
+    (["--parallel", "none", "--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_arguments_are_named(monkeypatch, capsys, argv, message):
+    monkeypatch.delenv("RANK", raising=False)  # not under torchrun
     with pytest.raises(SystemExit) as e:
-        ex.parse(["--parallel", "fsdp2"])
-    assert e.value.code == 2
-    assert "torchrun --nproc_per_node 2 examples/zo_distributed.py --parallel fsdp2" in capsys.readouterr().err
+        ex.parse(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
