@@ -61,7 +61,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from . import offload, ops
+from . import offload, ops, spec
 
 _WRAPPER_PARTS = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"}
 
@@ -212,10 +212,10 @@ class Engine:
     """
 
     def __init__(self, params, *, module: nn.Module | None = None, shadow: bool = False, dist: str = "gaussian",
-                 backend: str | None = None):
+                 backend: str | None = None, spec_version: int = spec.SPEC_VERSION):
         given, groups = _named_param_groups(params)
         self.module = module or given
-        self.dist, self.backend = dist, backend
+        self.dist, self.backend, self.spec_version = dist, backend, spec_version
         self._fsdp = _fsdp_modules(self.module)
         self._reshard()  # so that slots see the sharded parameters even right after a forward
         where = self._owners()
@@ -324,7 +324,7 @@ class Engine:
             try:
                 ops.update_([p.tensor for p in pieces], [s for s, _ in pairs], [c for _, c in pairs],
                             keys=[p.key for p in pieces], offsets=[p.offset for p in pieces], dist=self.dist,
-                            rounding=rounding, backend=self.backend)
+                            rounding=rounding, backend=self.backend, spec_version=self.spec_version)
             except ops.NonFiniteError as exc:
                 bad += [pieces[k].slot for k in exc.indices if pieces[k].slot not in bad]
         return sorted(bad)
@@ -346,7 +346,7 @@ class Engine:
             for part, off in lay.parts:
                 view = d if part is None else d[part]
                 view.add_(ops.noise(view.shape, seed, key=s.key, offset=off, dist=self.dist, device=view.device,
-                                    backend=self.backend), alpha=c)
+                                    backend=self.backend, spec_version=self.spec_version), alpha=c)
         return d
 
     # ------------------------------------------------------------ the public API for callers without an optimizer
@@ -502,7 +502,7 @@ class _Shadow:
         try:
             ops.perturb_([d for d, *_ in items], seed, scale, keys=[k for _, _, k, _, _ in items],
                          offsets=[o for *_, o, _ in items], sources=[s for _, s, *_ in items],
-                         dist=self.engine.dist, backend=self.engine.backend)
+                         dist=self.engine.dist, backend=self.engine.backend, spec_version=self.engine.spec_version)
         except ops.NonFiniteError as exc:
             slots = sorted({items[k][4] for k in exc.indices})
             raise ops.NonFiniteError(

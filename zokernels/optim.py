@@ -157,12 +157,16 @@ class ZOSGD(torch.optim.Optimizer):
             are averaged over the group in one all-reduce, so every rank applies the same update and the
             replicas stay bit-identical with no weight traffic. The ranks must start from the same weights
             (DDP broadcasts them when it wraps the model) and call step() in lockstep.
+        spec_version: the noise stream (docs/noise.md): 1, the default, or 2 (Philox4x32-7, 32 Rademacher
+            signs per Philox word, a table Gaussian: cheaper passes, a different stream). Recorded in
+            state_dict(); a state saved under one version does not load into an optimizer of another.
     """
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, *, mode="inplace",
                  q: int = 1, dist: str = "gaussian", one_sided: bool = False, sign: bool = False,
                  momentum: float = 0.0, rounding: str = "nearest", seed: int = 0, fuse_steps: bool = False,
-                 module: nn.Module | None = None, backend: str | None = None, process_group=None):
+                 module: nn.Module | None = None, backend: str | None = None, process_group=None,
+                 spec_version: int = spec.SPEC_VERSION):
         if mode not in ("inplace", "shadow"):
             raise ValueError(f"mode must be 'inplace' or 'shadow', got {mode!r}")
         if isinstance(q, bool) or not isinstance(q, int) or q < 1:
@@ -173,6 +177,8 @@ class ZOSGD(torch.optim.Optimizer):
             raise ValueError(f"rounding must be one of {spec.ROUNDINGS}, got {rounding!r}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if isinstance(spec_version, bool) or spec_version not in spec.SPEC_VERSIONS:
+            raise ValueError(f"spec_version must be one of {spec.SPEC_VERSIONS}, got {spec_version!r}")
         seed = ops._as_int(seed, "seed", 0, spec.SEED_MAX)
         if process_group is not None:
             import torch.distributed as tdist  # not `dist`: that is the noise distribution here
@@ -188,7 +194,7 @@ class ZOSGD(torch.optim.Optimizer):
                              "or pass module=model with named parameter groups")
         # the engine knows where each parameter lives and refuses, by name, what it cannot write
         self.engine = Engine([g["params"] for g in groups], module=module, shadow=mode == "shadow", dist=dist,
-                             backend=backend)
+                             backend=backend, spec_version=spec_version)
         params = self.engine.params()
         for i, g in enumerate(groups):
             slots = [s for s in range(len(params)) if self.engine.group_of(s) == i]
@@ -209,7 +215,7 @@ class ZOSGD(torch.optim.Optimizer):
         self._lock = threading.Lock()
         self.eps, self.q, self.dist, self.one_sided, self.sign = eps, q, dist, one_sided, sign
         self.momentum, self.rounding, self.seed, self.mode = momentum, rounding, seed, mode
-        self.backend = backend
+        self.backend, self.spec_version = backend, spec_version
         if fuse_steps and (mode != "inplace" or self._materializes()):
             raise ValueError("fuse_steps applies to plain in-place ZO-SGD (no momentum or Adam)")
         self.fuse_steps = fuse_steps
@@ -499,13 +505,17 @@ class ZOSGD(torch.optim.Optimizer):
     def state_dict(self):
         self.flush()
         sd = super().state_dict()
-        sd["zo"] = dict(step_count=self.step_count, seed=self.seed, spec_version=spec.SPEC_VERSION)
+        sd["zo"] = dict(step_count=self.step_count, seed=self.seed, spec_version=self.spec_version)
         return sd
 
     def load_state_dict(self, state_dict):
-        zo = state_dict.get("zo")
-        if zo is None or zo.get("spec_version") != spec.SPEC_VERSION:
-            raise ValueError("not a zokernels ZO optimizer state for this noise spec version")
+        zo = state_dict.get("zo") if isinstance(state_dict, dict) else None
+        if not isinstance(zo, dict):
+            raise ValueError("not a zokernels ZO optimizer state (no 'zo' entry)")
+        if zo.get("spec_version") != self.spec_version:
+            raise ValueError(f"this optimizer state was saved under noise spec version {zo.get('spec_version')!r} "
+                             f"and this optimizer uses version {self.spec_version}: its steps would draw other "
+                             f"directions; construct the optimizer with spec_version={zo.get('spec_version')!r}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "zo"})
         self.step_count, self.seed = zo["step_count"], zo["seed"]
 
