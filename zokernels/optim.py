@@ -511,7 +511,7 @@ class ZOSGD(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         zo = state_dict.get("zo") if isinstance(state_dict, dict) else None
         if not isinstance(zo, dict):
-            raise ValueError("not a zokernels ZO optimizer state (no 'zo' entry)")
+            raise ValueError("not a zokernels ZO optimizer state: no 'zo' entry (step count, seed, noise spec version)")
         if zo.get("spec_version") != self.spec_version:
             raise ValueError(f"this optimizer state was saved under noise spec version {zo.get('spec_version')!r} "
                              f"and this optimizer uses version {self.spec_version}: its steps would draw other "
