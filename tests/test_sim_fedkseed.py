@@ -7,6 +7,7 @@ import json
 import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
+from zofed.client import split_clients
 from zofed import atomic, orbit, sim, tasks
 from zofed.client import weights_sha256
 
@@ -23,7 +24,7 @@ def _run(out, **kw):
 
 
 def test_local_steps_and_data_size_weights_replay_bit_identical_and_change_the_run(tmp_path):
-    sizes = [len(p) for p in sim.split_clients(tasks.build("toy"), sim.SimConfig(**BASE))]
+    sizes = [len(p) for p in split_clients(tasks.build("toy"), sim.SimConfig(**BASE))]
     assert len(set(sizes)) > 1, sizes
     shas = {}
     for name, kw in VARIANTS.items():

@@ -22,6 +22,7 @@ import tokenize
 
 from . import strategies
 from .configs import FedMeZOConfig, SimConfig, ZOWarmUpConfig
+from .transport import TRANSPORTS, open_transport
 from .orbit import MAX_BYTES as MAX_ORBIT_BYTES
 from .orbit import OrbitError
 
@@ -29,8 +30,11 @@ from .orbit import OrbitError
 ROUND_CONFIGS = {"fedmezo": FedMeZOConfig, "zowarmup": ZOWarmUpConfig}
 STRATEGY_NAMES = sorted(strategies.STRATEGIES) + sorted(ROUND_CONFIGS)
 # options of `zofed run` that are not config fields, with their defaults (None: the task's or strategy's own)
-RUN_OPTIONS = dict(task=None, model=None, lora_rank=None, threads=None, out=None)
+RUN_OPTIONS = dict(task=None, model=None, lora_rank=None, threads=None, out=None, transport="inproc", processes=None)
 RUN_HELP = dict(task="vader or digits (default: digits for zowarmup, else vader)",
+                transport=f"how frames travel between the server and the clients: {', '.join(TRANSPORTS)} (default: "
+                "inproc, every client in this process; the step strategies only)",
+                processes="torchdist: processes, the server's and the clients' (default: 2)",
                 model="vader: the pretrained model (default: the task's)",
                 lora_rank="vader: LoRA rank, 0 for no adapters (default: the task's)",
                 threads="torch CPU threads (default: torch's)", out="the run folder (required, here or in the config)")
@@ -113,10 +117,10 @@ def _parser() -> argparse.ArgumentParser:
                        f"({', '.join(ROUND_CONFIGS)}) take their own fields.")
     r.add_argument("--config", help="a TOML file of these options (keys as here, - or _)")
     for name, (kind, text) in list(_fields().items()) + [
-            (k, ("int" if k in ("lora_rank", "threads") else "str", RUN_HELP[k])) for k in RUN_OPTIONS]:
+            (k, ("int" if k in ("lora_rank", "threads", "processes") else "str", RUN_HELP[k])) for k in RUN_OPTIONS]:
         kw = dict(action=argparse.BooleanOptionalAction) if kind == "bool" else dict(type=_TYPES[kind])
-        if name == "strategy":
-            kw["choices"] = STRATEGY_NAMES
+        if name in ("strategy", "transport"):
+            kw["choices"] = STRATEGY_NAMES if name == "strategy" else TRANSPORTS
         # only given flags land in the namespace, so a config file can fill the rest
         r.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text, **kw)
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -188,11 +192,20 @@ def _run_options(args) -> dict:
     if merged["task"] is None:
         merged["task"] = "digits" if strategy == "zowarmup" else "vader"
     for name, kind in (("task", str), ("model", (str, type(None))), ("lora_rank", (int, type(None))),
-                       ("threads", (int, type(None))), ("out", str)):
+                       ("threads", (int, type(None))), ("out", str), ("transport", str),
+                       ("processes", (int, type(None)))):
         if isinstance(merged[name], bool) or not isinstance(merged[name], kind):
             what = "required: give --out or put out = \"DIR\" in the config" if name == "out" and \
                 merged[name] is None else f"has the wrong type, got {merged[name]!r}"
             raise ValueError(f"config field {name!r} {what}")
+    if merged["transport"] not in TRANSPORTS:
+        raise ValueError(f"config field 'transport' must be one of {TRANSPORTS}, got {merged['transport']!r}")
+    if merged["transport"] != "inproc" and strategy in ROUND_CONFIGS:
+        raise ValueError(f"strategy {strategy!r} runs in-process only (config field 'transport' is "
+                         f"{merged['transport']!r})")
+    if merged["processes"] is not None and (merged["transport"] != "torchdist" or merged["processes"] < 2):
+        raise ValueError("config field 'processes' applies to transport 'torchdist' and must be >= 2 (one server "
+                         f"process and client processes), got {merged['processes']!r} with {merged['transport']!r}")
     return merged
 
 
@@ -216,7 +229,14 @@ def _run(args) -> None:
     if cls is SimConfig:
         from . import sim
 
-        s = sim.run(task, cfg, out=out, progress=not args.no_progress)
+        if o["transport"] == "flower":
+            from .transports import flower
+
+            s = flower.run(task, cfg, out, progress=not args.no_progress)
+        else:
+            transport = None if o["transport"] == "inproc" else open_transport(
+                o["transport"], {} if o["processes"] is None else dict(processes=o["processes"]))
+            s = sim.run(task, cfg, out=out, progress=not args.no_progress, transport=transport)
         name, steps = cfg.strategy, f"{cfg.steps} steps"
     else:
         from . import rounds

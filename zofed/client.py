@@ -291,10 +291,10 @@ def run_config(cfg, task) -> dict:
     return dict(config=dataclasses.asdict(cfg), task=task.name, task_options=dict(task.options))
 
 
-def make_clients(run_config: dict, cids, *, shared: bool = False, task=None) -> dict[int, Client]:
+def make_clients(run_config: dict, cids, *, shared: bool = False, task=None, replica=None) -> dict[int, Client]:
     """The clients `cids` of a run, each with its data, its strategy instance and a replica: its own (a copy
-    of the task's model), or with shared=True one replica for all of them, the task's model itself. `task`:
-    the run's task if this process has it already (else built from the run config)."""
+    of the task's model), or with shared=True one replica for all of them (`replica`, or a new one on the task's
+    model). `task`: the run's task if this process has it already (else built from the run config)."""
     import copy
 
     from . import tasks
@@ -306,19 +306,46 @@ def make_clients(run_config: dict, cids, *, shared: bool = False, task=None) -> 
     parts = split_clients(task, cfg)
     sizes = [len(p) for p in parts] if cfg.client_weights == "data-size" else None
     keep_base = cfg.strategy == "fedkseed"
-    one = Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=keep_base) if shared else None
+    one = (replica or Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)) if shared else None
     clients = {}
     for c in cids:
-        replica = one or Replica(copy.deepcopy(task.model), eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)
+        own = one or Replica(copy.deepcopy(task.model), eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)
+        strategy = cfg.make_strategy(sizes)
 
-        def data(step, c=c, model=replica.model, strategy_h=cfg.pool_local_steps if keep_base else 1):
-            return [lambda b=b: task.losses(model, task.batch(b)) for b in batches(parts[c], cfg, step, c, strategy_h)]
+        def data(step, c=c, model=own.model, h=strategy.local_steps):
+            return [lambda b=b: task.losses(model, task.batch(b)) for b in batches(parts[c], cfg, step, c, h)]
 
-        clients[c] = Client(c, replica, cfg.make_strategy(sizes), byzantine=c >= cfg.clients - cfg.byzantine,
-                            data=data)
+        clients[c] = Client(c, own, strategy, byzantine=c >= cfg.clients - cfg.byzantine, data=data)
     return clients
 
 
 def make_client(run_config: dict, cid: int) -> Client:
     """Client `cid` of a run, built from the run config alone (what a transport's other side calls)."""
     return make_clients(run_config, [cid])[cid]
+
+
+class ModelEvaluator:
+    """What a run's loop needs from the model (zofed.loop): held-out evaluation, the model_sha256, and the replica
+    digest a checkpoint records. It follows every broadcast on a replica of the task's model (`replica`, which
+    an in-process transport may share with its clients: Replica.advance applies each step once)."""
+
+    def __init__(self, task, cfg, data_sizes=None):
+        self.task = task
+        self.base_sha256 = weights_sha256(task.model)
+        self.replica = Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=cfg.strategy == "fedkseed")
+        self.follower = Client(-1, self.replica, cfg.make_strategy(data_sizes))
+
+    def follow(self, frames: bytes) -> None:
+        self.follower.handle(frames)
+
+    def evaluate(self) -> dict:
+        return self.task.evaluate(self.task.model)
+
+    def sha256(self) -> str:
+        return weights_sha256(self.task.model)
+
+    def digest(self) -> str:
+        return self.replica.digest().hex()
+
+    def close(self) -> None:
+        self.replica.close()

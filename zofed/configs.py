@@ -69,6 +69,10 @@ class SimConfig(_Checked):
     strategy: str = "feedsign"  # the federated algorithm
     clients: int = 5  # K, simulated clients
     steps: int = 400  # steps of the run
+    # B: steps per round. A round carries B steps' seeds (from the schedule), a client answers all B in one message,
+    # the server broadcasts the B results at once. The B directions are evaluated at the same weights (the round's):
+    # B amortizes a transport's per-message cost, and B = 1 is the plain algorithm
+    steps_per_round: int = 1
     lr: float | None = None  # step size (FeedSign: each signed step along z); None: the strategy's default
     eps: float = 1e-3  # perturbation scale
     batch: int = 16  # examples per client per step
@@ -99,7 +103,8 @@ class SimConfig(_Checked):
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        self._check(positive_ints=("clients", "steps", "batch", "eval_every", "pool_size", "pool_local_steps"),
+        self._check(positive_ints=("clients", "steps", "steps_per_round", "batch", "eval_every", "pool_size",
+                                   "pool_local_steps"),
                     positive=("lr", "eps", "byzantine_scale", "dirichlet", "deadline"), unit=("participation",),
                     choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS,
                                  aggregator=strategies.ZOFedSGD.AGGREGATORS,
@@ -107,6 +112,11 @@ class SimConfig(_Checked):
         for name, default in (("pool_local_steps", 1), ("client_weights", "equal")):
             if getattr(self, name) != default and self.strategy != "fedkseed":
                 self._bad(name, f"applies to strategy 'fedkseed' only (this run is {self.strategy!r})")
+        if self.steps % self.steps_per_round:
+            self._bad("steps_per_round", f"must divide steps={self.steps}")
+        if self.steps_per_round > 1 and self.strategy == "fedkseed" and self.pool_sampling == "importance":
+            self._bad("steps_per_round", "must be 1 with pool_sampling 'importance' (its probabilities change with "
+                      "each step's broadcast, so a round's later seeds are not known at its start)")
         if self.server_secret is not None and not 0 <= self.server_secret < 2**64:
             self._bad("server_secret", "must be an integer in [0, 2**64)")
         if not 0 <= self.byzantine <= self.clients:

@@ -5,9 +5,14 @@ its memory is the broadcast history (bounded by the clients still active), the r
 A round (one step, or a retry of it when nobody answered):
 
     sampled = server.open_round()                 # which online clients should answer
-    server.receive(client, frame, at=seconds)     # replies as they arrive (bytes counted "up")
+    server.receive(client, frame, at=seconds)     # replies as they arrive
     server.ready(now)                             # quorum reached, or the deadline has passed
-    frame = server.close()                        # the broadcast (counted "down" per online client)
+    frame = server.close()                        # the broadcast, for every client in server.online
+
+A round covers `steps_per_round` = B steps from server.step: a client's one reply holds its B steps' answers
+(Strategy.reply), the server aggregates each step in order, and the broadcast is one message of the B steps'
+results (Strategy.history). The server counts no bytes: the transport that carries the frames does
+(zofed.transport).
 
 A reply is checked from its frame header (the strategy's message type and exact size) before its body is
 decoded, then its content is checked against the step (seeds, counts). A reply that arrives after its round
@@ -35,7 +40,7 @@ from collections import Counter
 
 from .seeds import unit
 from .strategies import FedKSeed, Strategy
-from .wire import FRAME_BYTES, MAX_FRAME_BYTES, ByteCounter, Checksum, Message, WireError, encode, header
+from .wire import FRAME_BYTES, MAX_FRAME_BYTES, Checksum, Message, WireError, decode, encode, header
 
 _SAMPLE = 0x5A  # hash domain of client sampling
 CHECKSUM_WINDOW = 1000  # checksums are compared for the last CHECKSUM_WINDOW steps; older reports are refused
@@ -70,11 +75,12 @@ class ParameterServer:
         secret: the server's private seed for DP-FeedSign's mechanism; None draws 64 bits from os.urandom.
             Give one to make a DP run reproducible, and keep it as private as the server.
         sampling_seed: the public seed of client sampling.
+        steps_per_round: B, the steps one round answers and broadcasts.
     """
 
     def __init__(self, strategy: Strategy, clients: int, *, participation: float = 1.0, quorum: int | None = None,
                  deadline: float | None = None, secret: int | None = None, sampling_seed: int = 0,
-                 counter: ByteCounter | None = None):
+                 steps_per_round: int = 1):
         if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
             raise ValueError(f"clients must be a positive integer, got {clients!r}")
         if not 0 < participation <= 1:
@@ -86,7 +92,9 @@ class ParameterServer:
         self.strategy, self.participation, self.quorum, self.deadline = strategy, participation, quorum, deadline
         self.secret = private_seed() if secret is None else _seed("secret", secret)
         self.sampling_seed = _seed("sampling_seed", sampling_seed)
-        self.counter = counter or ByteCounter()
+        if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int) or steps_per_round < 1:
+            raise ValueError(f"steps_per_round must be a positive integer, got {steps_per_round!r}")
+        self.steps_per_round = steps_per_round
         self.step = 0  # the next step to aggregate
         self.attempt = 0  # rounds of this step that closed without replies
         self.history: list[Message] = []  # broadcasts of steps history_start .. step-1
@@ -153,7 +161,7 @@ class ParameterServer:
         if FRAME_BYTES + n != size:
             raise ValueError(f"client {client}: a {FRAME_BYTES + n}-byte {kind.__name__} frame, where a valid one "
                              f"is {size} bytes")
-        return self.counter.receive(client, "up", frame, max_bytes=size)
+        return decode(frame, max_bytes=size)
 
     def receive(self, client: int, frame: bytes, at: float = 0.0) -> bool:
         """A reply arriving `at` seconds into the round; False if it came too late to count (a straggler)."""
@@ -163,7 +171,8 @@ class ParameterServer:
             if r is None:
                 raise RuntimeError("no round is open")
             raise ValueError(f"client {client} was not sampled for step {self.step}")
-        msg = self._decode(client, frame, *self.strategy.reply_shape())
+        kind, entries = self.strategy.reply_shape()
+        msg = self._decode(client, frame, kind, entries * self.steps_per_round)
         if (r is None or client not in r["sampled"] or _first_step(msg) != self.step) and \
                 self.late.get(client) == _first_step(msg):
             del self.late[client]  # the reply to a round that has closed
@@ -177,8 +186,10 @@ class ParameterServer:
             return False
         if client in r["ups"] or client in r["late"]:
             raise ValueError(f"client {client} answered step {self.step} twice")
-        self.strategy.check(self.step, client, msg)  # a bad reply is refused here, not at aggregation
-        r["ups"][client] = msg
+        steps = self.strategy.replies_of(msg, self.steps_per_round)
+        for i, up in enumerate(steps):  # a bad reply is refused here, not at aggregation
+            self.strategy.check(self.step + i, client, up)
+        r["ups"][client] = steps
         if len(r["ups"]) >= (self.quorum or len(r["sampled"])):
             r["closed_at"] = at
         return True
@@ -199,21 +210,23 @@ class ParameterServer:
         if not r["ups"]:
             self.attempt += 1
             return None
-        down = self.strategy.aggregate(self.step, r["ups"], self.secret)
-        self.strategy.ops(self.step, down)  # keeps the server's copy of any strategy state (pool accumulators)
-        self.history.append(down)
-        frame = encode(down)
-        for c in sorted(self.online):
-            self.counter.count(c, "down", frame, down)
-            self.synced[c] = self.step + 1
-        self.step += 1
+        downs = []
+        for i in range(self.steps_per_round):
+            down = self.strategy.aggregate(self.step + i, {c: ups[i] for c, ups in r["ups"].items()}, self.secret)
+            self.strategy.ops(self.step + i, down)  # keeps the server's copy of strategy state (pool accumulators)
+            downs.append(down)
+        self.history += downs
+        frame = encode(self.strategy.history(self.step, downs))
+        for c in self.online:
+            self.synced[c] = self.step + self.steps_per_round
+        self.step += self.steps_per_round
         self.attempt = 0
         self._trim()
         self._prune_checksums()
         return frame
 
     def catch_up(self, client: int) -> list[bytes]:
-        """The frames that bring a returning client to the current step (counted "down")."""
+        """The frames that bring a returning client to the current step."""
         self._check_client(client)
         need = self.synced[client]
         msgs: list[tuple[Message, bytes]] = []
@@ -225,15 +238,14 @@ class ParameterServer:
             msgs.append((self.strategy.checkpoint, encode(self.strategy.checkpoint)))
             need = self.strategy.checkpoint.step
         if need < self.step:
-            msgs += self._histories(need, self.history[need - self.history_start:])
+            msgs += self.history_messages(need, self.history[need - self.history_start:])
         self.synced[client] = self.step
         self.active.add(client)
-        for msg, frame in msgs:
-            self.counter.count(client, "down", frame, msg)
         return [frame for _, frame in msgs]
 
-    def _histories(self, first: int, downs: list[Message]) -> list[tuple[Message, bytes]]:
-        """The broadcasts as history messages whose frames a client decodes with the default size cap."""
+    def history_messages(self, first: int, downs: list[Message]) -> list[tuple[Message, bytes]]:
+        """The broadcasts of steps first.. as (history message, frame) pairs whose frames a client decodes with
+        the default size cap."""
         msg = self.strategy.history(first, downs)
         try:
             frame = encode(msg)
@@ -242,7 +254,7 @@ class ParameterServer:
         if len(downs) == 1 or frame is not None and len(frame) <= MAX_FRAME_BYTES:
             return [(msg, frame if frame is not None else encode(msg))]
         half = len(downs) // 2
-        return self._histories(first, downs[:half]) + self._histories(first + half, downs[half:])
+        return self.history_messages(first, downs[:half]) + self.history_messages(first + half, downs[half:])
 
     # ------------------------------------------------------------ saving and restoring
 
@@ -257,7 +269,7 @@ class ParameterServer:
                     online=sorted(self.online), late=sorted(self.late.items()), stragglers=self.stragglers,
                     checksums=[[s, [[c, d.hex()] for c, d in sorted(seen.items())]]
                                for s, seen in sorted(self.checksums.items())],
-                    secret=self.secret, counter=self.counter.state_dict())
+                    secret=self.secret)
 
     def load_state_dict(self, state: dict, downs) -> None:
         """Restore a state_dict() given the broadcasts of steps 0..step-1, which this server's strategy
@@ -272,7 +284,6 @@ class ParameterServer:
             checksums = {_count(s): {_client(c, self.synced): bytes.fromhex(d) for c, d in seen}
                          for s, seen in state["checksums"]}
             stragglers, secret = _count(state["stragglers"]), _seed("secret", state["secret"])
-            counter = state["counter"]
         except KeyError as exc:
             raise ValueError(f"not a saved server state: it has no {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -286,7 +297,6 @@ class ParameterServer:
         self.history = list(downs[start:])
         self.synced, self.active, self.online, self.late = synced, active, online, late
         self.checksums, self.stragglers, self.secret = checksums, stragglers, secret
-        self.counter.load_state_dict(counter)
 
     # ------------------------------------------------------------ replica checksums
 

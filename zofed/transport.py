@@ -96,20 +96,20 @@ class InProc(Transport):
     """Real Client objects in this process, driven one after another.
 
     task: the run's task, if this process has it (else each client builds it from the run config). shared=True
-    builds the clients on one replica, the task's model (zofed.client.make_clients): every replica of a FeedSign /
+    builds the clients on one replica (`replica`, or one on the task's model; zofed.client.make_clients): every replica of a FeedSign /
     ZO-FedSGD / FedKSeed run holds the same weights at the same step, so one model serves all clients, each
     applying a step's broadcast once (zofed.client.Replica.advance); tested bit-identical against separate
     replicas (tests/test_transport_inproc.py)."""
 
-    def __init__(self, task=None, *, shared: bool = True):
+    def __init__(self, task=None, *, shared: bool = True, replica=None):
         self.counter = ByteCounter()
-        self.task, self.shared = task, shared
+        self.task, self.shared, self.replica = task, shared, replica
         self.clients: dict = {}
 
     def start(self, run_config: dict, clients: list[int]) -> None:
         from .client import make_clients  # the client side needs torch; the seam does not
 
-        self.clients = make_clients(run_config, clients, shared=self.shared, task=self.task)
+        self.clients = make_clients(run_config, clients, shared=self.shared, task=self.task, replica=self.replica)
 
     def exchange(self, requests, *, quorum=None, deadline_s=None):
         replies = {}
