@@ -19,7 +19,7 @@ PASS_KEYS = {"case", "spec_version", "kind", "dtype", "seconds", "bytes", "bytes
 def run(*args: str, timeout: int = 600) -> tuple[int, dict, str]:
     out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
     assert out.stdout.startswith("{"), out.stderr[-3000:]
-    return out.returncode, json.loads(out.stdout), out.stderr
+    return out.returncode, json.JSONDecoder().raw_decode(out.stdout)[0], out.stderr  # --table follows the JSON
 
 
 def with_one_wrong_bit(tmp_path) -> tuple[pathlib.Path, str]:
@@ -63,6 +63,16 @@ def test_cpu_run_reports_every_section_and_catches_a_wrong_golden_value(tmp_path
     g = report["golden"]
     assert g["backend"] == "triton" and g["cases"] == 72  # 18 noise + 18 update cases per version, interpreted
     assert g["mismatches"] == [wrong] and g["all_equal"] is False  # the other 71 are bit-identical
+
+
+def test_nominal_peaks_by_device_name():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import gpu
+
+    assert gpu.nominal_peak("NVIDIA H200") == gpu.nominal_peak("NVIDIA H200 NVL") == 4.8e12
+    assert gpu.nominal_peak("NVIDIA H100 80GB HBM3") == 3.35e12  # the SXM part
+    assert gpu.nominal_peak("NVIDIA A100-SXM4-80GB") == gpu.nominal_peak("NVIDIA A100 80GB PCIe") == 2.0e12
+    assert gpu.nominal_peak("NVIDIA H100 PCIe") is None and gpu.nominal_peak("NVIDIA A100-SXM4-40GB") is None
 
 
 def test_bad_arguments_are_named():
