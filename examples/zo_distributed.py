@@ -14,7 +14,7 @@ so next-token prediction is learnable. gloo on CPU, NCCL (one GPU per rank) when
   fsdp2  the model is sharded with fully_shard (each decoder layer, then the root); every rank draws the
          same batches, perturbs and updates only its own shards, and the run equals the one-process run
          bit for bit (the noise of element i depends on its global index, not on the shard holding it).
-  none   one process, no torch.distributed.
+  none   one process, no torch.distributed (on the first GPU when there is one).
 
 Rank 0 prints one JSON line per step, {"step", "loss"} (loss at w + eps z, averaged over the ranks in dp),
 then {"sha256", "rank_sha256", ...}: the sha256 of the whole weights' bytes (shards gathered) and each
@@ -75,9 +75,9 @@ def local_sha256(model: torch.nn.Module) -> str:
 
 def setup(parallel: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); initializes the process group that torchrun describes."""
-    if parallel == "none":
-        return 0, 1, torch.device("cpu")
     cuda = torch.cuda.is_available()
+    if parallel == "none":  # on the device the ranks would use, so that the runs can be compared bit for bit
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")

@@ -27,12 +27,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path_factory, *args: str) -> list[dict]:
-    """One torchrun launch of the example on 2 processes; its JSON lines. Kills its whole process group."""
+def launch(tmp_path_factory, *args: str, gpus: bool = False, nproc: int = 2) -> list[dict]:
+    """One torchrun launch of the example (nproc=1: plain python); its JSON lines. Kills its process group."""
     out = tmp_path_factory.mktemp("run")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(EXAMPLE), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if nproc > 1 else [sys.executable]
+    cmd += [str(EXAMPLE), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    if not gpus:  # CPU and gloo even where a GPU is visible: the references run on CPU in this process
+        env["CUDA_VISIBLE_DEVICES"] = ""
     with open(out / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
@@ -46,8 +49,10 @@ def launch(tmp_path_factory, *args: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def one_process(*args: str) -> list[dict]:
-    """The example's run in this process, on one thread as the launched ranks are (CPU sums depend on it)."""
+def one_process(monkeypatch, *args: str) -> list[dict]:
+    """The example's run in this process, on CPU and one thread as the launched ranks are (CPU sums depend on
+    the thread count)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     lines = []
@@ -95,12 +100,22 @@ def test_data_parallel_equals_one_process_averaging_both_ranks_losses(dp):
     assert dp[-1]["sha256"] == sha
 
 
-def test_fsdp2_run_equals_the_one_process_run_bit_for_bit(fsdp2):
-    ref = one_process("--mode", "shadow", *ARGS)
+def test_fsdp2_run_equals_the_one_process_run_bit_for_bit(fsdp2, monkeypatch):
+    ref = one_process(monkeypatch, "--mode", "shadow", *ARGS)
     assert fsdp2[-1]["sha256"] == ref[-1]["sha256"]
     assert [s["loss"] for s in fsdp2[:-1]] == [s["loss"] for s in ref[:-1]]
     shards = fsdp2[-1]["rank_sha256"]
     assert len(set(shards)) == 2 and ref[-1]["sha256"] not in shards  # each rank held only its shard
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (one per rank, NCCL)")
+def test_on_two_gpus_with_nccl(tmp_path_factory):
+    dp = launch(tmp_path_factory, "--parallel", "dp", *ARGS, gpus=True)
+    assert dp[-1]["rank_sha256"] == [dp[-1]["sha256"]] * 2
+    fsdp2 = launch(tmp_path_factory, "--parallel", "fsdp2", *ARGS, gpus=True)
+    ref = launch(tmp_path_factory, "--parallel", "none", *ARGS, gpus=True, nproc=1)  # on cuda:0
+    assert fsdp2[-1]["sha256"] == ref[-1]["sha256"]
 
 
 @pytest.mark.parametrize("argv, message", [
