@@ -229,12 +229,14 @@ PYBIND11_MODULE(_C, m) {
     d["TILE"] = TILE;
     d["PHILOX_ROUNDS_V2"] = PHILOX_ROUNDS_V2;
     d["RADEMACHER_V2_ELEMENTS"] = RADEMACHER_V2_ELEMENTS;
-    d["GAUSSIAN_V2_SHIFT"] = GAUSSIAN_V2_SHIFT;
     d["GAUSSIAN_V2_BIAS"] = GAUSSIAN_V2_BIAS;
-    py::list table;
-    for (int j = 0; j < GAUSSIAN_V2_BINS; ++j)
-      table.append(py::make_tuple(GAUSSIAN_V2_TABLE[2 * j], GAUSSIAN_V2_TABLE[2 * j + 1]));
-    d["GAUSSIAN_V2_TABLE"] = table;
+    py::list coeffs;  // per octave, as spec.GAUSSIAN_V2_COEFFS
+    for (int j = 0; j < GAUSSIAN_V2_OCTAVES; ++j) {
+      py::list row;
+      for (int k = 0; k <= GAUSSIAN_V2_DEGREE; ++k) row.append(GAUSSIAN_V2_COEFFS[k][j]);
+      coeffs.append(py::tuple(row));
+    }
+    d["GAUSSIAN_V2_COEFFS"] = coeffs;
     py::dict f;
     f["SQRT2"] = SQRT2; f["LN2_HI"] = LN2_HI; f["LN2_LO"] = LN2_LO;
     f["LOG_C1"] = LOG_C1; f["LOG_C2"] = LOG_C2; f["LOG_C3"] = LOG_C3; f["LOG_C4"] = LOG_C4;

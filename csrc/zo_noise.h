@@ -20,7 +20,7 @@ constexpr uint32_t PHILOX_KEY_A = 0x9E3779B9u, PHILOX_KEY_B = 0xBB67AE85u;
 constexpr uint32_t PHILOX_ROUND_A = 0xD2511F53u, PHILOX_ROUND_B = 0xCD9E8D57u;
 constexpr int PHILOX_ROUNDS = 10, PHILOX_ROUNDS_V2 = 7;
 constexpr int RADEMACHER_V2_ELEMENTS = 128;  // v2: 32 signs per word, 4 words per counter
-constexpr int GAUSSIAN_V2_SHIFT = 18, GAUSSIAN_V2_BIAS = (127 - 25) << 5;
+constexpr int GAUSSIAN_V2_BIAS = 127 - 25;  // octave 0 of the v2 Gaussian is [2^-25, 2^-24)
 constexpr uint32_t TAG_NOISE = 0, TAG_ROUNDING = 1;
 
 enum Dist : int { GAUSSIAN = 0, RADEMACHER = 1, UNIFORM = 2 };
@@ -235,21 +235,85 @@ static inline void spec_gaussian_pair(uint32_t a, uint32_t b, float &za, float &
 
 static inline float spec_rademacher(uint32_t a) { return (a >> 31) ? -1.0f : 1.0f; }
 
-// Spec v2 Gaussian of one word: v = (2m + 1) * 2^-25 in (0, 0.5) from 23 bits, |z| = t + (v - v0) * s from
-// the bin of v's exponent and top 5 mantissa bits (zo_gaussian_table.h), the sign from bit 31.
+// Spec v2 Gaussian of one word: v = (2m + 1) * 2^-25 in (0, 0.5) from 23 bits; |z| = the degree-5 polynomial
+// of v's octave (zo_gaussian_table.h) in v's mantissa fraction f, by Horner; the sign from bit 31.
 static inline float spec_gaussian_v2(uint32_t a) {
   const float v = (float)((((a >> 8) & 0x7FFFFFu) << 1) | 1u) * f32(0x33000000u);  // * 2^-25, exact
   const uint32_t b = bits_of(v);
-  const uint32_t j = (b >> GAUSSIAN_V2_SHIFT) - (uint32_t)GAUSSIAN_V2_BIAS;
-  const float d = v - f32(b & ~((1u << GAUSSIAN_V2_SHIFT) - 1u));  // exact: same binade
-  const float y = f32(GAUSSIAN_V2_TABLE[2 * j]) + d * f32(GAUSSIAN_V2_TABLE[2 * j + 1]);
+  const uint32_t j = (b >> 23) - (uint32_t)GAUSSIAN_V2_BIAS;
+  const float f = f32((b & 0x7FFFFFu) | 0x3F800000u) - 1.0f;  // exact
+  float y = f32(GAUSSIAN_V2_COEFFS[GAUSSIAN_V2_DEGREE][j]);
+  for (int k = GAUSSIAN_V2_DEGREE - 1; k >= 0; --k) y = y * f + f32(GAUSSIAN_V2_COEFFS[k][j]);
   return f32(bits_of(y) ^ (a & 0x80000000u));
 }
 
-// Spec v2 Rademacher of element 4n + l of a 128-element counter block: bit n of word l, as a sign.
-static inline float spec_rademacher_v2(uint32_t word, int n) {
-  return f32(0x3F800000u | ((word << (31 - n)) & 0x80000000u));
+// spec_gaussian_v2 over n words, in place (words in, float32 bits out). The 24 octaves' coefficients sit in
+// registers and are picked per lane by permutes (AVX-512: one two-register permute per coefficient; AVX2:
+// three one-register permutes and two blends); each lane does the same IEEE operations as the scalar
+// function (every multiply and add rounded, never fused), so every path gives the same bits.
+// GCC 12 reports the self-initialized undefined vectors inside its unmasked AVX-512 intrinsics as used
+// uninitialized wherever they are inlined (see Vec512); the values are defined, so that warning is off here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+static inline void gaussian_v2_words(uint32_t *a, int n) {
+  int i = 0;
+  [[maybe_unused]] constexpr int D = GAUSSIAN_V2_DEGREE;
+#if defined(__AVX512F__)
+  __m512 lo[D + 1], hi[D + 1];
+  for (int k = 0; k <= D; ++k) {
+    lo[k] = _mm512_castsi512_ps(_mm512_load_si512(GAUSSIAN_V2_COEFFS[k]));
+    hi[k] = _mm512_castsi512_ps(_mm512_load_si512(GAUSSIAN_V2_COEFFS[k] + 16));
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m512i w = _mm512_loadu_si512(a + i);
+    const __m512i k2 = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(w, 8),
+                                                                           _mm512_set1_epi32(0x7FFFFF)), 1),
+                                       _mm512_set1_epi32(1));
+    const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(k2), _mm512_set1_ps(f32(0x33000000u))));
+    const __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(GAUSSIAN_V2_BIAS));
+    const __m512 f = _mm512_sub_ps(
+        _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFF)),
+                                            _mm512_set1_epi32(0x3F800000))), _mm512_set1_ps(1.0f));
+    __m512 y = _mm512_permutex2var_ps(lo[D], j, hi[D]);
+    for (int k = D - 1; k >= 0; --k) y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_permutex2var_ps(lo[k], j, hi[k]));
+    _mm512_storeu_si512(a + i, _mm512_xor_si512(_mm512_castps_si512(y),
+                                                _mm512_and_si512(w, _mm512_set1_epi32((int)0x80000000u))));
+  }
+#elif defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + i));
+    const __m256i k2 = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 8),
+                                                                           _mm256_set1_epi32(0x7FFFFF)), 1),
+                                       _mm256_set1_epi32(1));
+    const __m256i b = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(k2), _mm256_set1_ps(f32(0x33000000u))));
+    const __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(b, 23), _mm256_set1_epi32(GAUSSIAN_V2_BIAS));
+    const __m256 f = _mm256_sub_ps(
+        _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(0x7FFFFF)),
+                                            _mm256_set1_epi32(0x3F800000))), _mm256_set1_ps(1.0f));
+    // octaves 0-7, 8-15, 16-23: permute within each 8-float register, then blend by j >= 8 and j >= 16
+    const __m256 ge8 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(7)));
+    const __m256 ge16 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(15)));
+    auto coeff = [&](int k) {
+      const float *c = reinterpret_cast<const float *>(GAUSSIAN_V2_COEFFS[k]);
+      const __m256 c0 = _mm256_permutevar8x32_ps(_mm256_load_ps(c), j);
+      const __m256 c1 = _mm256_permutevar8x32_ps(_mm256_load_ps(c + 8), j);
+      const __m256 c2 = _mm256_permutevar8x32_ps(_mm256_load_ps(c + 16), j);
+      return _mm256_blendv_ps(_mm256_blendv_ps(c0, c1, ge8), c2, ge16);
+    };
+    __m256 y = coeff(D);
+    for (int k = D - 1; k >= 0; --k) y = _mm256_add_ps(_mm256_mul_ps(y, f), coeff(k));
+    _mm256_storeu_si256(reinterpret_cast<__m256i *>(a + i),
+                        _mm256_xor_si256(_mm256_castps_si256(y),
+                                         _mm256_and_si256(w, _mm256_set1_epi32((int)0x80000000u))));
+  }
+#endif
+  for (; i < n; ++i) a[i] = bits_of(spec_gaussian_v2(a[i]));
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // Symmetric odd multiples of 2^-24 in (-1, 1), scaled to unit variance.
 static inline float spec_uniform(uint32_t a) {

@@ -22,10 +22,15 @@ inline void rademacher_v2_tile(uint64_t seed, uint32_t key, uint64_t g0, float (
   constexpr int PER_COUNTER = RADEMACHER_V2_ELEMENTS / 4, C = TILE_GROUPS / PER_COUNTER + 1;
   uint32_t x[4][C];
   philox_block<C, PHILOX_ROUNDS_V2>(seed, key, TAG_NOISE, g0 / PER_COUNTER, x[0], x[1], x[2], x[3]);
+  // a group's 4 elements take the same bit of the 4 words: one 4-lane shift by a count shared by the lanes
+  // (a plain SSE2 shift on every ISA), then the bit becomes the sign of 1.0f
+  typedef uint32_t u32x4 __attribute__((vector_size(16)));
   const int phase = (int)(g0 % PER_COUNTER);
   for (int n = 0; n < TILE_GROUPS; ++n) {
-    const int g = phase + n;
-    for (int l = 0; l < 4; ++l) z[4 * n + l] = spec_rademacher_v2(x[l][g / PER_COUNTER], g % PER_COUNTER);
+    const int g = phase + n, c = g / PER_COUNTER;
+    const u32x4 words = {x[0][c], x[1][c], x[2][c], x[3][c]};
+    const u32x4 signs = ((words << (31 - g % PER_COUNTER)) & 0x80000000u) | 0x3F800000u;
+    std::memcpy(&z[4 * n], &signs, sizeof signs);
   }
 }
 
@@ -38,11 +43,13 @@ inline void noise_tile(uint64_t seed, uint32_t key, int dist, int version, uint6
   else
     philox_block<TILE_GROUPS>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
   if (dist == GAUSSIAN && version == 2) {
+    gaussian_v2_words(x0, TILE_GROUPS), gaussian_v2_words(x1, TILE_GROUPS);
+    gaussian_v2_words(x2, TILE_GROUPS), gaussian_v2_words(x3, TILE_GROUPS);
     for (int n = 0; n < TILE_GROUPS; ++n) {
-      z[4 * n] = spec_gaussian_v2(x0[n]);
-      z[4 * n + 1] = spec_gaussian_v2(x1[n]);
-      z[4 * n + 2] = spec_gaussian_v2(x2[n]);
-      z[4 * n + 3] = spec_gaussian_v2(x3[n]);
+      z[4 * n] = f32(x0[n]);
+      z[4 * n + 1] = f32(x1[n]);
+      z[4 * n + 2] = f32(x2[n]);
+      z[4 * n + 3] = f32(x3[n]);
     }
   } else if (dist == GAUSSIAN) {
     for (int n = 0; n < TILE_GROUPS; ++n) {

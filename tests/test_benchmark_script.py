@@ -19,7 +19,8 @@ def test_kernels_script_prints_json_report():
     report = json.loads(out.stdout)
     assert report["tensors"] == 73 and report["threads"] == 1
     names = [r["name"] for r in report["results"]]
-    assert names == ["perturb_pass_float32", "update_K16_float32", "perturb_pass_bfloat16"]
+    assert names == ["perturb_pass_float32", "update_K16_float32", "perturb_pass_v2_float32", "update_K16_v2_float32",
+                     "perturb_pass_bfloat16", "perturb_pass_v2_bfloat16", "update_K16_v2_bfloat16"]
     for r in report["results"]:
         assert r["ours_s"] > 0 and r["mezo_s"] > 0 and r["speedup"] == pytest.approx(r["mezo_s"] / r["ours_s"])
 

@@ -22,7 +22,9 @@ def test_every_pass_is_reported_against_the_floor_of_the_same_run():
     report = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
     expected = [f"{case}_{dtype}" for dtype in ("float32", "bfloat16")
                 for case in ["floor", "perturb_gaussian", "perturb_rademacher", "perturb_uniform", "mezo_loop"]
-                + (["update_K16", "update_K2", "update_K1_twice"] if dtype == "float32" else [])]
+                + (["update_K16", "update_K2", "update_K1_twice"] if dtype == "float32" else [])
+                + ["perturb_gaussian_v2", "perturb_rademacher_v2", "perturb_uniform_v2", "update_K16_gaussian_v2",
+                   "update_K16_rademacher_v2"]]  # both spec versions by default, against one floor
     passes = {r["name"]: r for r in report["passes"]}
     assert list(passes) == expected
     for dtype in ("float32", "bfloat16"):
@@ -31,5 +33,25 @@ def test_every_pass_is_reported_against_the_floor_of_the_same_run():
             if name.endswith(dtype):
                 assert r["seconds"] > 0 and r["vs_floor"] == pytest.approx(r["seconds"] / floor)
     assert len(report["load"]["before"]) == 3 and report["load"]["cpus"] >= 1
-    assert report["isa"] in _cpu.require().isas()
+    assert report["isa"] in _cpu.require().isas() and report["spec_versions"] == [1, 2]
     assert "x floor" in out.stdout and "load average" in out.stdout
+
+
+@pytest.mark.skipif("cpu" not in zokernels.backends(), reason="C++ extension not built")
+def test_spec_version_picks_the_streams_measured():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--scale", "0.0005", "--reps", "1", "--threads", "1",
+                          "--spec-version", "2"], capture_output=True, text=True, timeout=600, check=True)
+    report = json.loads(out.stdout)
+    assert report["spec_versions"] == [2]
+    assert [r["name"] for r in report["passes"]][:7] == [
+        f"{case}_float32" for case in ("floor", "mezo_loop", "perturb_gaussian_v2", "perturb_rademacher_v2",
+                                       "perturb_uniform_v2", "update_K16_gaussian_v2", "update_K16_rademacher_v2")]
+    assert [r["name"] for r in report["results"]] == [
+        "perturb_pass_v2_float32", "update_K16_v2_float32", "perturb_pass_v2_bfloat16", "update_K16_v2_bfloat16"]
+
+
+@pytest.mark.parametrize("bad", ["3", "1,x"])
+def test_spec_version_refuses_unknown_versions(bad):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--spec-version", bad], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "--spec-version" in out.stderr

@@ -13,12 +13,17 @@ and the C++/torch backends (docs/noise.md):
 
 and no kernel may scale tl.program_id in 32 bits (the element offset wraps past 2^33 elements).
 
+Spec version 2 (VERSION=2, with its table) is compiled for every dist in the noise kernel and in the update
+kernel's bfloat16/stochastic variant: the rounding code is shared with version 1, so these cover what
+version 2 changes (Philox-7, the 32-signs Rademacher, the table Gaussian, the rounding bits' Philox-7).
+
 Compiling needs Triton's real JIT, and the test session runs under TRITON_INTERPRET=1, so the
 compiles run once per module in a subprocess (this file run as a script) with a fresh Triton cache:
-84 compiles (masked and unmasked launches), about 80 s of CPU. gaussian-fast is outside the contract (approximate by design) and is
+108 compiles (masked and unmasked launches), about 100 s of CPU on a quiet machine. gaussian-fast is outside the contract (approximate by design) and is
 not compiled here; ../shared/tools/aot_check.py reports it.
 """
 
+import inspect
 import json
 import os
 import pathlib
@@ -60,30 +65,42 @@ def _recorded_launches():
     for name in kernels:
         setattr(tn, name, Recorder(name))
     numel, offset = 8 * tn.BLOCK_G + 8, 4  # vector-aligned groups: a multiple of 4
+    every = [(dtype, rounding) for dtype in tn._DTYPE_CODES for rounding in ("nearest", "stochastic")]
+    v2_only = [(torch.bfloat16, "stochastic")]
     try:
-        for dist in spec.PORTABLE_DISTS:
-            tn.noise(torch.empty(numel), offset, 1, 0, dist)
-            for dtype in tn._DTYPE_CODES:
-                for rounding in ("nearest", "stochastic"):
-                    tn.update_([torch.zeros(numel, dtype=dtype)], [1], [0.5], [0], [offset], dist, rounding)
+        for version in spec.SPEC_VERSIONS:
+            for dist in spec.PORTABLE_DISTS:
+                tn.noise(torch.empty(numel), offset, 1, 0, dist, version)
+                for dtype, rounding in every if version == 1 else v2_only:
+                    tn.update_([torch.zeros(numel, dtype=dtype)], [1], [0.5], [0], [offset], dist, rounding, None,
+                               version)
     finally:
         for name, kernel in kernels.items():
             setattr(tn, name, kernel)
     return kernels, launches
 
 
+def _launch_constexprs(kernel, kw):
+    """The constexprs of a launch: those its keywords name, and the defaults of the parameters it leaves out
+    (a version 1 launch passes no VERSION and no table_ptr)."""
+    given = {p.name: kw[p.name] for p in kernel.params if p.is_constexpr and p.name in kw}
+    defaults = {p.name: p.default for p in kernel.params if p.name not in kw and p.default is not inspect.Parameter.empty}
+    return {**defaults, **given}
+
+
 def _compile(kernel, args, kw, arch):
     """What a launch with these arguments compiles to on a GPU of this capability: pointers aligned
-    to 16 bytes (as CUDA allocations are), constexprs from the keywords that name kernel parameters,
-    and the other keywords as compile options."""
+    to 16 bytes (as CUDA allocations are), constexprs from the keywords that name constexpr parameters (and
+    the defaults of those not given), tensors passed by keyword as arguments, and the other keywords as
+    compile options."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import mangle_type
 
-    constexprs = {k: v for k, v in kw.items() if k in kernel.arg_names}
+    constexprs = _launch_constexprs(kernel, kw)
     options = {k: v for k, v in kw.items() if k not in kernel.arg_names}
-    values = dict(zip(kernel.arg_names, args))
+    values = {**dict(zip(kernel.arg_names, args)), **{k: v for k, v in kw.items() if k in kernel.arg_names}}
     signature = {name: "constexpr" if name in constexprs else mangle_type(values[name]) for name in kernel.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
              if signature[name].startswith("*")}
@@ -119,7 +136,7 @@ def _compile_all():
             continue
         for name, args, kw in launches:
             asm = _compile(kernels[name], args, kw, arch)
-            constexprs = {k: v for k, v in kw.items() if k in kernels[name].arg_names}
+            constexprs = {k: v for k, v in _launch_constexprs(kernels[name], kw).items() if k != "table_ptr"}
             out["variants"].append({"kernel": name, "arch": arch, "constexprs": constexprs,
                                     "ptx": asm["ptx"], "ttir": asm["ttir"]})
     return out
@@ -149,7 +166,7 @@ def _label(v):
     names = {code: name for name, code in tn.DIST_CODES.items()}
     dtypes = {code: str(dtype).replace("torch.", "") for dtype, code in tn._DTYPE_CODES.items()}
     c = v["constexprs"]
-    parts = [v["kernel"], dtypes.get(c.get("DTYPE"), ""), names[c["DIST"]],
+    parts = [v["kernel"], f"v{c['VERSION']}", dtypes.get(c.get("DTYPE"), ""), names[c["DIST"]],
              {True: "stochastic", False: "nearest"}.get(c.get("STOCHASTIC"), ""), "masked" if c["MASKED"] else "full"]
     return "/".join(p for p in parts if p) + f"@sm{v['arch']}"
 
@@ -211,13 +228,28 @@ def test_ptx_has_nothing_that_breaks_bits(compiled, category):
     assert not offenders, f"{category} in the PTX: {offenders}"
 
 
-def test_spec_gaussian_divides_and_takes_square_roots_correctly_rounded(compiled):
+def _gaussian(compiled, version):
     from zokernels.triton import noise as tn
 
-    gaussian = [v for v in compiled["variants"] if v["constexprs"]["DIST"] == tn.DIST_CODES["gaussian"]]
+    return [v for v in compiled["variants"]
+            if v["constexprs"]["DIST"] == tn.DIST_CODES["gaussian"] and v["constexprs"]["VERSION"] == version]
+
+
+def test_spec_gaussian_divides_and_takes_square_roots_correctly_rounded(compiled):
+    gaussian = _gaussian(compiled, 1)
     assert len(gaussian) == 2 * 7 * len(ARCHS)  # (noise + 3 dtypes x 2 roundings) x (masked, unmasked)
     for v in gaussian:
         assert {"div.rn.f32", "sqrt.rn.f32"} <= set(ptx_opcodes(v["ptx"])), _label(v)
+
+
+def test_spec_v2_gaussian_is_a_table_lookup_without_division_or_square_root(compiled):
+    gaussian = _gaussian(compiled, 2)
+    assert len(gaussian) == 2 * 2 * len(ARCHS)  # (noise + 1 update variant) x (masked, unmasked)
+    for v in gaussian:
+        ops = set(ptx_opcodes(v["ptx"]))
+        assert not {op for op in ops if op.startswith(("div.", "sqrt.", "lg2.", "ex2.", "sin.", "cos."))}, _label(v)
+        assert "ld.global.b64" in ops or "ld.global.nc.b64" in ops or any(
+            op.startswith("ld.global") and op.endswith("64") for op in ops), _label(v)
 
 
 def test_program_id_is_widened_to_64_bits_before_any_arithmetic(compiled):

@@ -89,8 +89,7 @@ def test_gpu_noise_past_2_to_the_33_elements_matches_cpu():
 def test_gpu_ptx_has_no_fma_and_uses_rn_div_sqrt():
     out = torch.empty(1024, device="cuda")
     args = torch.tensor([1024, 0, 1, 0, 0, 1], dtype=torch.int64, device="cuda")  # numel offset seed key tile stride
-    compiled = tn._noise_kernel[(1,)](out, args, tn.gaussian_v2_table("cuda"), DIST=tn.DIST_CODES["gaussian"],
-                                      BLOCK=tn.BLOCK_G,
+    compiled = tn._noise_kernel[(1,)](out, args, DIST=tn.DIST_CODES["gaussian"], BLOCK=tn.BLOCK_G,
                                       enable_fp_fusion=False, enable_reflect_ftz=False)
     assert torch.equal(bits(out), bits(zokernels.noise(1024, 1, backend="torch")))
     ptx = compiled.asm["ptx"]

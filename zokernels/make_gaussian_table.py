@@ -1,15 +1,17 @@
-"""Generates the inverse-CDF table of the spec-version-2 Gaussian (docs/noise.md) and writes it, as exact
-float32 bit patterns, into zokernels/spec.py (between the GAUSSIAN_V2_TABLE markers) and
-csrc/zo_gaussian_table.h. Run from the repository root: `python zokernels/make_gaussian_table.py`.
+"""Generates the coefficients of the spec-version-2 Gaussian (docs/noise.md) and writes them, as exact float32
+bit patterns, into zokernels/spec.py (between the GAUSSIAN_V2_COEFFS markers) and csrc/zo_gaussian_table.h.
+Run from the repository root: `python zokernels/make_gaussian_table.py`.
 
-The table is part of the noise contract: it is committed, and tests/test_spec_v2.py checks that this
-script still reproduces it and that the C++ copy equals spec.py's. Changing it is a new spec version.
+The coefficients are part of the noise contract: they are committed, and tests/test_spec_v2.py checks that
+this script still reproduces them and that the C++ copy equals spec.py's. Changing them is a new spec version.
 
-Bin j covers v in [v0, v1) with v0 = 2**e * (1 + m/32), v1 = 2**e * (1 + (m+1)/32), e = E_MIN + j // 32,
-m = j % 32 (log-spaced: each bin is 1/32 of an octave wide). Its entry is (t, s) = the float32 of
-g(v0) and of the chord slope (g(v1) - g(v0)) / (v1 - v0), where g(v) = Phi^-1(1 - v) is the upper
-normal quantile (statistics.NormalDist, Wichura's AS241, accurate to about 1e-16); g(0.5) = 0.
-Linear interpolation on the chord is within 5.1e-5 of g everywhere (checked below).
+Octave j (v in [2**e, 2**(e+1)), e = E_MIN + j) holds a degree-5 polynomial p_j(f) in v's mantissa fraction
+f = v / 2**e - 1 in [0, 1) that approximates g(v) = Phi^-1(1 - v), the upper normal quantile
+(statistics.NormalDist, Wichura's AS241, accurate to about 1e-16; g(0.5) = 0). Each is the least-squares fit
+on 257 equally spaced f, solved exactly in rationals (no floating-point solver whose last bits could vary
+between machines), then rounded to float32. Evaluated in float32 by Horner's rule it stays within 1e-5 of g
+(checked below and in the tests). 24 octaves x 6 coefficients fit in registers: a vector unit looks them up
+by permutes instead of gathers.
 """
 
 from __future__ import annotations
@@ -17,73 +19,99 @@ from __future__ import annotations
 import pathlib
 import re
 import struct
+from fractions import Fraction
 from statistics import NormalDist
 
 E_MIN = -25  # v = (2m + 1) * 2**-25 >= 2**-25
 OCTAVES = 24  # exponents -25 .. -2: v < 0.5
-SUB_BITS = 5  # 32 bins per octave, indexed by v's top 5 mantissa bits
+DEGREE = 5
+POINTS = 256  # the fit's points f = k / POINTS, k = 0 .. POINTS
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _f32_bits(x: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", x))[0]
+def _f32_bits(x) -> int:
+    return struct.unpack("<I", struct.pack("<f", float(x)))[0]
 
 
-def _g(v: float) -> float:
+def _f32(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def g(v: float) -> float:
     return 0.0 if v >= 0.5 else -NormalDist().inv_cdf(v)
 
 
-def bins():
-    """(v0, v1) of every bin, in table order."""
-    n = 1 << SUB_BITS
-    return [(2.0**e * (1 + m / n), 2.0**e * (1 + (m + 1) / n)) for e in range(E_MIN, E_MIN + OCTAVES)
-            for m in range(n)]
+def _least_squares(xs, ys):
+    """Coefficients c_0..c_DEGREE minimizing sum (sum_i c_i x^i - y)^2, exactly (Gauss-Jordan on rationals)."""
+    n = DEGREE + 1
+    a = [[sum(x ** (i + k) for x in xs) for k in range(n)] + [sum(y * x**i for x, y in zip(xs, ys))] for i in range(n)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if a[r][col] != 0)
+        a[col], a[pivot] = a[pivot], a[col]
+        a[col] = [v / a[col][col] for v in a[col]]
+        for r in range(n):
+            if r != col and a[r][col] != 0:
+                a[r] = [v - a[r][col] * w for v, w in zip(a[r], a[col])]
+    return [a[i][n] for i in range(n)]
 
 
-def table() -> list[tuple[int, int]]:
-    """(t, s) float32 bit patterns of every bin."""
-    return [(_f32_bits(_g(v0)), _f32_bits((_g(v1) - _g(v0)) / (v1 - v0))) for v0, v1 in bins()]
+def coeffs() -> list[tuple[int, ...]]:
+    """Per octave, the float32 bits of (c_0, ..., c_5): p(f) = c_0 + f*(c_1 + f*(... + f*c_5))."""
+    rows = []
+    for e in range(E_MIN, E_MIN + OCTAVES):
+        xs = [Fraction(k, POINTS) for k in range(POINTS + 1)]
+        ys = [Fraction(g(2.0**e * (1 + float(x)))) for x in xs]
+        rows.append(tuple(_f32_bits(c) for c in _least_squares(xs, ys)))
+    return rows
 
 
-def max_interpolation_error(samples_per_bin: int = 16) -> float:
+def evaluate(row, f: float) -> float:
+    """p(f) as the kernels compute it: float32 Horner, every product and sum rounded to float32."""
+    c = [_f32(b) for b in row]
+    acc = c[DEGREE]
+    for k in range(DEGREE - 1, -1, -1):
+        acc = _f32(_f32_bits(_f32(_f32_bits(acc * f)) + c[k]))
+    return acc
+
+
+def max_error(samples_per_octave: int = 512) -> float:
     worst = 0.0
-    for (v0, v1), (t, s) in zip(bins(), table()):
-        tf, sf = (struct.unpack("<f", struct.pack("<I", b))[0] for b in (t, s))
-        for k in range(1, samples_per_bin):
-            v = v0 + (v1 - v0) * k / samples_per_bin
-            worst = max(worst, abs(tf + (v - v0) * sf - _g(v)))
+    for j, row in enumerate(coeffs()):
+        for k in range(samples_per_octave):
+            f = _f32(_f32_bits(k / samples_per_octave + 0.5 / samples_per_octave))
+            worst = max(worst, abs(evaluate(row, f) - g(2.0 ** (E_MIN + j) * (1 + f))))
     return worst
 
 
 def python_block(rows) -> str:
-    lines = ["GAUSSIAN_V2_TABLE = (  # (t, s) float32 bits per bin; generated by zokernels/make_gaussian_table.py"]
-    for i in range(0, len(rows), 4):
-        lines.append("    " + " ".join(f"(0x{t:08X}, 0x{s:08X})," for t, s in rows[i : i + 4]))
+    lines = ["GAUSSIAN_V2_COEFFS = (  # per octave, float32 bits of c_0..c_5; made by zokernels/make_gaussian_table.py"]
+    lines += ["    (" + ", ".join(f"0x{b:08X}" for b in row) + ")," for row in rows]
     lines.append(")")
     return "\n".join(lines)
 
 
 def header(rows) -> str:
-    body = "\n".join("  " + " ".join(f"0x{t:08X}u, 0x{s:08X}u," for t, s in rows[i : i + 4])
-                     for i in range(0, len(rows), 4))
+    # coefficient-major (GAUSSIAN_V2_COEFFS[k][octave]), padded to 32 octaves: two 16-float vectors per coefficient
+    body = "\n".join("  {" + ", ".join(f"0x{row[k]:08X}u" for row in rows) + ", " + ", ".join(["0u"] * (32 - len(rows)))
+                     + "}," for k in range(DEGREE + 1))
     return ("// Generated by zokernels/make_gaussian_table.py from the same numbers as zokernels/spec.py\n"
-            "// GAUSSIAN_V2_TABLE: do not edit. (t, s) float32 bit patterns of each bin, interleaved.\n"
+            "// GAUSSIAN_V2_COEFFS: do not edit. Float32 bits of coefficient k of each octave, padded to 32 octaves.\n"
             "#pragma once\n#include <cstdint>\n\nnamespace zo {\n\n"
-            f"constexpr int GAUSSIAN_V2_BINS = {len(rows)};\n"
-            "alignas(64) static const uint32_t GAUSSIAN_V2_TABLE[2 * GAUSSIAN_V2_BINS] = {\n"
+            f"constexpr int GAUSSIAN_V2_OCTAVES = {len(rows)}, GAUSSIAN_V2_DEGREE = {DEGREE};\n"
+            "alignas(64) static const uint32_t GAUSSIAN_V2_COEFFS[GAUSSIAN_V2_DEGREE + 1][32] = {\n"
             f"{body}\n}};\n\n}}  // namespace zo\n")
 
 
 def main() -> None:
-    rows = table()
+    rows = coeffs()
     spec_path = ROOT / "zokernels" / "spec.py"
     text = spec_path.read_text()
-    text, n = re.subn(r"GAUSSIAN_V2_TABLE = \(.*?\n\)", lambda _: python_block(rows), text, flags=re.S)
+    text, n = re.subn(r"GAUSSIAN_V2_COEFFS = \(.*?\n\)", lambda _: python_block(rows), text, flags=re.S)
     if n != 1:
-        raise SystemExit("spec.py has no GAUSSIAN_V2_TABLE = (...) block to replace")
+        raise SystemExit("spec.py has no GAUSSIAN_V2_COEFFS = (...) block to replace")
     spec_path.write_text(text)
     (ROOT / "csrc" / "zo_gaussian_table.h").write_text(header(rows))
-    print(f"wrote {len(rows)} bins; largest interpolation error {max_interpolation_error():.3g}")
+    print(f"wrote {len(rows)} octaves; largest error {max_error():.3g}")
 
 
 if __name__ == "__main__":

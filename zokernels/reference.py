@@ -132,16 +132,18 @@ def gaussian_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def gaussian_v2(words: torch.Tensor) -> torch.Tensor:
-    """Spec version 2's Gaussian, one word per element: the inverse normal CDF by a log-spaced table with
-    linear interpolation (docs/noise.md)."""
+    """Spec version 2's Gaussian, one word per element: the upper normal quantile of v in (0, 0.5) by a
+    degree-5 polynomial per octave of v (docs/noise.md), the sign from bit 31."""
     dev = words.device
     m = (words >> 8) & 0x7FFFFF
     v = (2 * m + 1).to(torch.float32) * _f32(0x33000000, dev)  # * 2**-25: exact, in (0, 0.5)
     b = v.view(torch.int32).to(torch.int64)
-    j = (b >> spec.GAUSSIAN_V2_SHIFT) - spec.GAUSSIAN_V2_BIAS
-    v0 = (b & ~((1 << spec.GAUSSIAN_V2_SHIFT) - 1)).to(torch.int32).view(torch.float32)
-    table = torch.tensor(spec.GAUSSIAN_V2_TABLE, dtype=torch.int64, device=dev).to(torch.int32).view(torch.float32)
-    y = table[j, 0] + (v - v0) * table[j, 1]
+    j = (b >> 23) - spec.GAUSSIAN_V2_BIAS
+    f = ((b & 0x7FFFFF) | 0x3F800000).to(torch.int32).view(torch.float32) - 1.0  # exact, in [0, 1)
+    c = torch.tensor(spec.GAUSSIAN_V2_COEFFS, dtype=torch.int64, device=dev).to(torch.int32).view(torch.float32)[j]
+    y = c[:, -1]
+    for k in range(c.shape[1] - 2, -1, -1):
+        y = y * f + c[:, k]  # two float32 operations, each rounded (torch never fuses them)
     return torch.where((words >> 31) == 1, -y, y)
 
 

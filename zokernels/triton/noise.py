@@ -10,8 +10,10 @@ tl.sqrt_rn) where plain `/` and tl.sqrt are approximate on NVIDIA GPUs. tests/te
 compiles every variant for sm_80 and sm_90 and checks the PTX for all of this. Element indices are
 int64 from the program id on (a 32-bit program_id * BLOCK wraps past 2^33 elements).
 Under TRITON_INTERPRET=1 the same code runs on CPU tensors. Every kernel takes the noise spec version as a
-constexpr (VERSION) and the address of spec version 2's Gaussian table (one int64 per bin: t in the low
-32 bits, s in the high 32, so that one 8-byte load fetches a bin; version 1 does not read it).
+constexpr (VERSION, default 1) and, for version 2, the address of its Gaussian's coefficients (table_ptr:
+float32, coefficient k of octave j at k * 32 + j; a few hundred bytes, so a warp's lookups hit one or two
+cache lines). Version 1 launches pass neither, so they compile to exactly what they did before version 2
+existed.
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ _COS_C5: tl.constexpr = _F["COS_C5"]
 _SQRT3: tl.constexpr = _F["SQRT3"]
 _ROUNDS_V1: tl.constexpr = tl.constexpr(spec.PHILOX_ROUNDS)
 _ROUNDS_V2: tl.constexpr = tl.constexpr(spec.PHILOX_ROUNDS_V2)
-_GAUSS_V2_SHIFT: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_SHIFT)
 _GAUSS_V2_BIAS: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_BIAS)
-_GAUSS_V2_HIGH: tl.constexpr = tl.constexpr(0xFFFFFFFF ^ ((1 << spec.GAUSSIAN_V2_SHIFT) - 1))  # v0: low bits cleared
+_GAUSS_V2_ROW: tl.constexpr = tl.constexpr(32)  # octaves per coefficient row in the table (24, padded)
 
 DIST_CODES = {"gaussian": 0, "rademacher": 1, "uniform": 2, "gaussian-fast": 3}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -124,15 +125,18 @@ def _rademacher_v2(a, n):
 
 @triton.jit
 def _gaussian_v2(a, table_ptr):
-    """Spec v2's Gaussian of one word: the table inverse normal CDF (see reference.gaussian_v2)."""
+    """Spec v2's Gaussian of one word: a degree-5 polynomial per octave of v (see reference.gaussian_v2)."""
     m = (a >> 8) & 0x7FFFFF
     v = ((m << 1) | 1).to(tl.float32) * _c(0x33000000)  # * 2**-25, exact
     b = v.to(tl.uint32, bitcast=True)
-    v0 = (b & _GAUSS_V2_HIGH).to(tl.float32, bitcast=True)
-    entry = tl.load(table_ptr + ((b >> _GAUSS_V2_SHIFT) - _GAUSS_V2_BIAS)).to(tl.uint64, bitcast=True)
-    t = (entry & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)
-    s = (entry >> 32).to(tl.uint32).to(tl.float32, bitcast=True)
-    y = t + (v - v0) * s
+    c = table_ptr + ((b >> 23) - _GAUSS_V2_BIAS).to(tl.int32)
+    f = ((b & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True) - 1.0  # exact
+    y = tl.load(c + 5 * _GAUSS_V2_ROW)
+    y = y * f + tl.load(c + 4 * _GAUSS_V2_ROW)
+    y = y * f + tl.load(c + 3 * _GAUSS_V2_ROW)
+    y = y * f + tl.load(c + 2 * _GAUSS_V2_ROW)
+    y = y * f + tl.load(c + _GAUSS_V2_ROW)
+    y = y * f + tl.load(c)
     return (y.to(tl.uint32, bitcast=True) ^ (a & 0x80000000)).to(tl.float32, bitcast=True)
 
 
@@ -299,9 +303,9 @@ def _store_flagging_non_finite(ptr, w, flag, mask, DTYPE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["K"])
-def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, table_ptr, DTYPE: tl.constexpr, DIST: tl.constexpr,
+def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.constexpr, DIST: tl.constexpr,
                    STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False,
-                   VERSION: tl.constexpr = 1):
+                   VERSION: tl.constexpr = 1, table_ptr=None):
     # One row of meta per run of consecutive tiles of one tensor; MASKED launches hold the tiles that a
     # tensor covers only in part (its first and last) and every tile of a tensor whose groups are not
     # vector-aligned in memory; the others run without masks, as vectors.
@@ -339,8 +343,8 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, table_ptr, DTYP
 
 
 @triton.jit
-def _noise_kernel(out_ptr, args_ptr, table_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False,
-                  VERSION: tl.constexpr = 1):
+def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr = False,
+                  VERSION: tl.constexpr = 1, table_ptr=None):
     # scalars travel as int64 in a tensor: python ints >= 2**31 would otherwise be typed per value.
     # Program p draws tile first + p * stride: the full tiles (stride 1) or the partial first and last.
     numel, offset, key = tl.load(args_ptr), tl.load(args_ptr + 1), tl.load(args_ptr + 3)
@@ -384,12 +388,19 @@ def _as_i64(x: int) -> int:
 _TABLES: dict = {}
 
 
+def _version_args(version: int, device) -> dict:
+    """The launch arguments that select a spec version (none for version 1: its kernels are unchanged)."""
+    return {} if version == 1 else dict(VERSION=version, table_ptr=gaussian_v2_table(device))
+
+
 def gaussian_v2_table(device) -> torch.Tensor:
-    """spec.GAUSSIAN_V2_TABLE on `device` as one int64 per bin (s << 32 | t), made once per device."""
+    """spec.GAUSSIAN_V2_COEFFS on `device`, float32, coefficient-major (k * 32 + octave), made once per device."""
     device = torch.device(device)
     if device not in _TABLES:
-        packed = [_as_i64((s << 32) | t) for t, s in spec.GAUSSIAN_V2_TABLE]
-        _TABLES[device] = torch.tensor(packed, dtype=torch.int64, device=device)
+        rows = [[octave[k] for octave in spec.GAUSSIAN_V2_COEFFS] + [0] * (32 - len(spec.GAUSSIAN_V2_COEFFS))
+                for k in range(len(spec.GAUSSIAN_V2_COEFFS[0]))]
+        bits = torch.tensor(rows, dtype=torch.int64).reshape(-1).to(torch.int32)
+        _TABLES[device] = bits.view(torch.float32).to(device)
     return _TABLES[device]
 
 
@@ -407,8 +418,8 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, versio
             grid = (sum(n for _, n in runs),)
             args = torch.tensor([out.numel(), offset, _as_i64(seed), key, first, stride], dtype=torch.int64,
                                 device=out.device)
-            _noise_kernel[grid](out, args, gaussian_v2_table(out.device), DIST=DIST_CODES[dist], BLOCK=block,
-                                MASKED=masked, VERSION=version, enable_fp_fusion=False, enable_reflect_ftz=False)
+            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked,
+                                enable_fp_fusion=False, enable_reflect_ftz=False, **_version_args(version, out.device))
 
 
 def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sources=None, version: int = 1,
@@ -440,8 +451,8 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
             meta = torch.tensor(rows, dtype=torch.int64, device=device)
             prog = torch.repeat_interleave(torch.arange(len(rows), dtype=torch.int32, device=device),
                                            torch.tensor(counts, device=device))
-            _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), gaussian_v2_table(device),
-                                           DTYPE=code, DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
-                                           BLOCK=block, MASKED=masked, VERSION=version, enable_fp_fusion=False,
-                                           enable_reflect_ftz=False)
+            _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
+                                           DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
+                                           BLOCK=block, MASKED=masked, enable_fp_fusion=False,
+                                           enable_reflect_ftz=False, **_version_args(version, device))
     return flags
