@@ -111,11 +111,11 @@ def bandwidth(cfg, device: torch.device, reps: int, peak: float | None) -> list[
         measured = moved / min(seconds["copy", None], seconds["foreach_add", None])
         for (name, v), s in seconds.items():
             bps = moved / s
-            rows.append(dict(case=name, spec_version=v, kind="floor" if v is None and name != "gaussian-fast"
-                             else "perturb_pass", dtype=str(dtype).split(".")[1], seconds=s, bytes=moved,
+            rows.append(dict(case=name, spec_version=v, kind="floor" if name in ("copy", "foreach_add") else
+                             "perturb_pass", dtype=str(dtype).split(".")[1], seconds=s, bytes=moved,
                              bytes_per_s=bps, vs_measured_peak=bps / measured,
                              vs_nominal_peak=bps / peak if peak else None))
-        del params, twins
+        del params, twins, cases  # the cases' closures hold the tensors: free them before the next dtype
     return rows
 
 
