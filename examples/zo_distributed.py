@@ -51,26 +51,26 @@ def batch(args, step: int, stream: int, device: torch.device) -> torch.Tensor:
     return ((start + stride * torch.arange(args.seq)) % args.vocab).to(device)
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes in order, DTensor shards gathered (a collective: all ranks call it)."""
-    from torch.distributed.tensor import DTensor
-
+def sha256(tensors) -> str:
     h = hashlib.sha256()
-    for p in model.parameters():  # a tied weight once
-        t = p.full_tensor() if isinstance(p, DTensor) else p
+    for t in tensors:
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes in order (a tied weight once), DTensor shards gathered: a collective
+    that every rank calls."""
+    from torch.distributed.tensor import DTensor
+
+    return sha256(p.full_tensor() if isinstance(p, DTensor) else p for p in model.parameters())
 
 
 def local_sha256(model: torch.nn.Module) -> str:
     """sha256 of what this rank holds (its shards under fsdp2)."""
     from torch.distributed.tensor import DTensor
 
-    h = hashlib.sha256()
-    for p in model.parameters():
-        t = p.to_local() if isinstance(p, DTensor) else p
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return sha256(p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
 
 
 def setup(parallel: str) -> tuple[int, int, torch.device]:
