@@ -25,11 +25,12 @@ inline void rademacher_v2_tile(uint64_t seed, uint32_t key, uint64_t g0, float (
   // a group's 4 elements take the same bit of the 4 words: one 4-lane shift by a count shared by the lanes
   // (a plain SSE2 shift on every ISA), then the bit becomes the sign of 1.0f
   typedef uint32_t u32x4 __attribute__((vector_size(16)));
+  u32x4 words[C];
+  for (int c = 0; c < C; ++c) words[c] = u32x4{x[0][c], x[1][c], x[2][c], x[3][c]};
   const int phase = (int)(g0 % PER_COUNTER);
   for (int n = 0; n < TILE_GROUPS; ++n) {
-    const int g = phase + n, c = g / PER_COUNTER;
-    const u32x4 words = {x[0][c], x[1][c], x[2][c], x[3][c]};
-    const u32x4 signs = ((words << (31 - g % PER_COUNTER)) & 0x80000000u) | 0x3F800000u;
+    const int g = phase + n;
+    const u32x4 signs = ((words[g / PER_COUNTER] << (31 - g % PER_COUNTER)) & 0x80000000u) | 0x3F800000u;
     std::memcpy(&z[4 * n], &signs, sizeof signs);
   }
 }
