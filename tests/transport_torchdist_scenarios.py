@@ -1,49 +1,55 @@
 """Scenarios for tests/test_transport_torchdist.py, run once per module in a child process (it becomes rank 0
-of a torch.distributed group): the same requests through InProc and TorchDist, then a request a client
-refuses. Writes OUT/results.json."""
+of each run's torch.distributed group): the acceptance runs on torchdist and in-process, a run with dropouts
+whose replicas report their checksums at the end, and a start-up a client rank refuses. Writes
+OUT/results.json."""
 
 import json
 import os
 import sys
 
-import fedtoy  # noqa: F401 (registers the "toy" task)
-from zofed import tasks
-from zofed.client import run_config
+import fedtoy  # noqa: F401 (registers the "toy" task; the client ranks import it too)
+from zofed import orbit, sim, tasks
+from zofed.client import make_clients, run_config
 from zofed.configs import SimConfig
-from zofed.transport import InProc
 from zofed.transports import torchdist
-from zofed.wire import Ask, Votes, encode
+from zofed.wire import decode, encode
 
-CLIENTS = 4
-
-
-def requests() -> list[dict]:
-    """Two FeedSign rounds of B=2 steps (Ask, then the broadcast with the next Ask), then the checksums."""
-    return [{c: encode(Ask(0, 2)) for c in range(CLIENTS)},
-            {c: encode(Votes(0, (1, -1))) + encode(Ask(2, 2)) for c in range(CLIENTS)},
-            {c: encode(Votes(2, (1, 1))) + encode(Ask(4, 0)) for c in range(CLIENTS)}]
+STRATEGIES = ("feedsign", "zo-fedsgd", "fedkseed")
+ACCEPTANCE = dict(clients=4, steps=24, steps_per_round=4, lr=0.05, eval_every=24)
+DROPOUT = dict(strategy="feedsign", clients=4, steps=24, steps_per_round=4, lr=0.05, eval_every=24, dropout=0.4)
 
 
-def replies(transport, rc) -> dict:
-    with transport:
-        transport.start(rc, list(range(CLIENTS)))
-        got = [{c: r.hex() for c, r in transport.exchange(reqs).items()} for reqs in requests()]
-    return dict(replies=got, counter=transport.counter.state_dict())
+def run(cfg: dict, out: str, transport=None) -> dict:
+    summary = sim.run(tasks.build("toy"), SimConfig(**cfg), out, progress=False, transport=transport)
+    return dict(model_sha256=summary["model_sha256"], clients=summary["clients"])
+
+
+def digests_by_step(cfg: dict, out: str) -> dict:
+    """The replica digest after each step of the run in `out`, replayed from its orbit on a separate replica."""
+    follower = make_clients(run_config(SimConfig(**cfg), tasks.build("toy")), [0])[0]
+    got = {0: follower.replica.digest().hex()}
+    for down in follower.strategy.steps_of(orbit.load(os.path.join(out, "orbit")).history):
+        follower.handle(encode(down))
+        got[follower.step] = follower.replica.digest().hex()
+    return got
 
 
 def main(out: str) -> None:
-    rc = run_config(SimConfig(strategy="feedsign", clients=CLIENTS, steps=8, lr=0.05), tasks.build("toy"))
-    result = dict(inproc=replies(InProc(shared=False), rc))
+    result = {}
+    for s in STRATEGIES:
+        cfg = dict(ACCEPTANCE, strategy=s)
+        result[s] = dict(inproc=run(cfg, os.path.join(out, s, "inproc")),
+                         torchdist=run(cfg, os.path.join(out, s, "torchdist"), torchdist.open(dict(processes=2))))
     t = torchdist.open(dict(processes=3))
-    with t:
-        t.start(rc, list(range(CLIENTS)))
-        result["torchdist"] = dict(replies=[{c: r.hex() for c, r in t.exchange(reqs).items()} for reqs in requests()],
-                                   counter=t.counter.state_dict())
-        result["pids"] = [p.pid for p in t.children.procs.values()]
-        try:
-            t.exchange({1: encode(Ask(0, 2))})  # client 1 is on step 4
-        except RuntimeError as exc:
-            result["refused"] = str(exc)
+    result["dropout"] = run(DROPOUT, os.path.join(out, "dropout"), t)
+    result["dropout"]["replicas"] = {c: [decode(f).step, decode(f).digest.hex()] for c, f in t.checksums.items()}
+    result["dropout"]["inproc"] = run(DROPOUT, os.path.join(out, "dropout-inproc"))
+    result["dropout"]["by_step"] = digests_by_step(DROPOUT, os.path.join(out, "dropout"))
+    t = torchdist.open(dict(processes=2))
+    try:
+        t.start(dict(config=dict(SimConfig().__dict__), task="no-such-task", task_options={}), [0, 1])
+    except RuntimeError as exc:
+        result["refused"] = str(exc)
     result["children_left"] = len(t.children.procs)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f)

@@ -6,9 +6,10 @@ Rank 0 is this process: the server side of the run (its run loop, the ParameterS
 It starts ranks 1 .. P-1 itself (no torchrun: `python -m zofed.transports.torchdist`, on 127.0.0.1 and a
 free port) and stops them on close, on error and when it exits. The clients are spread over those ranks
 (client c on rank 1 + c mod (P-1)); each rank builds its clients from the run config alone
-(zofed.client.make_clients, one replica per rank as in-process). A round is one message to each rank that
-has requests and one back: the rank's requests or replies bundled, sent as a uint8 tensor after an int64
-length, point to point.
+(zofed.client.make_clients), each with a replica of its own (a client that was away catches up on its own
+weights; on close every client reports its Checksum). A round is one message to each rank that has requests
+and one back: the rank's requests or replies bundled, sent as a uint8 tensor after an int64 length, point to
+point.
 
 Every client answers every request (a rank that died ends the run with its log, there is no partial
 quorum inside one process group): the run's simulated dropouts and deadlines, decided by the server side,
@@ -32,11 +33,12 @@ import torch
 import torch.distributed as dist
 
 from ..transport import Transport, count_frames
-from ..wire import ByteCounter
+from ..wire import Ask, ByteCounter, encode
 from .children import Children, free_port, registering_modules
 
 START, ROUND, REPLY, ERROR, STOP = range(5)  # the first byte of every message between ranks
 _ENTRY = struct.Struct("<IQ")  # a bundle entry: client id, request or reply length, then its bytes
+CHECKSUM = encode(Ask(0, 0))  # a request for a client's Checksum
 TIMEOUT = datetime.timedelta(seconds=120)  # start-up and each message; a rank that died is noticed sooner
 
 
@@ -105,6 +107,7 @@ class TorchDist(Transport):
         self.rank_of: dict[int, int] = {}
         self.link: Link | None = None
         self.failed = False  # a rank failed or died: close() kills the ranks instead of asking them to stop
+        self.checksums: dict[int, bytes] = {}
 
     def start(self, run_config: dict, clients: list[int]) -> None:
         if self.link is not None:
@@ -139,19 +142,29 @@ class TorchDist(Transport):
         for c, request in requests.items():
             count_frames(self.counter, c, "down", request)
             by_rank.setdefault(self.rank_of[c], {})[c] = request
+        replies = self._round(by_rank)
+        for c, reply in replies.items():
+            count_frames(self.counter, c, "up", reply)
+        return replies
+
+    def _round(self, by_rank: dict[int, dict[int, bytes]]) -> dict[int, bytes]:
+        """Each rank's bundle of requests out, its bundle of replies back."""
         for rank, bundle in by_rank.items():
             self.link.send(rank, ROUND, pack(bundle))
         replies = {}
         for rank in by_rank:
             replies.update(unpack(self._expect(rank, REPLY)))
-        for c, reply in replies.items():
-            count_frames(self.counter, c, "up", reply)
         return replies
 
     def close(self) -> None:
-        """Tell the ranks to stop and wait for them (10 s); after an error, or then, kill them."""
+        """Take every client's Checksum (`checksums`: the replicas at the end, not counted), tell the ranks to
+        stop and wait for them (10 s); after an error, or then, kill them."""
         try:
             if self.link is not None and not self.failed:
+                by_rank: dict[int, dict[int, bytes]] = {}
+                for c, rank in self.rank_of.items():
+                    by_rank.setdefault(rank, {})[c] = CHECKSUM
+                self.checksums = self._round(by_rank)
                 for rank in range(1, self.processes):
                     self.link.send(rank, STOP)
                 deadline = time.monotonic() + 10
@@ -213,7 +226,7 @@ def serve(rank: int, world: int, port: int, backend: str) -> None:
                     from ..client import make_clients
 
                     start = json.loads(body)
-                    clients = make_clients(start["run_config"], start["clients"], shared=True)
+                    clients = make_clients(start["run_config"], start["clients"])
                     link.send(0, REPLY)
                 elif kind == ROUND:
                     link.send(0, REPLY, pack({c: clients[c].handle(r) for c, r in unpack(body).items()}))
