@@ -79,3 +79,16 @@ def test_module_cli_prints_json_with_the_documented_keys():
     r = json.loads(proc.stdout)
     assert {"devices", "fits", "total_param_count"} <= set(r)
     assert all({"weights_bytes", "total_bytes"} <= set(d) for d in r["devices"])
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`python -m zokernels.plan ... | head -1`: the reader goes away before the table is printed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "zokernels.plan", "opt-1.3b"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the plan is printed: building the model on meta takes a while
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

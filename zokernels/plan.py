@@ -224,7 +224,10 @@ def main(argv=None) -> int:
     except PlanError as exc:
         print(f"zokernels.plan: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=1) if args.json else table(result))
+    try:
+        print(json.dumps(result, indent=1) if args.json else table(result), flush=True)
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours, and no traceback
+        sys.stdout = None  # so the interpreter's final flush does not raise again
     return 0
 
 
