@@ -4,7 +4,6 @@ starting weights."""
 
 import copy
 
-import numpy as np
 import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)

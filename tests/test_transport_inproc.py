@@ -61,3 +61,14 @@ def test_a_client_refuses_a_frame_that_is_not_for_it():
             transport.exchange({0: encode(Ask(3, 1))})
         with pytest.raises(ValueError, match="a Checksum frame is a client's to send"):
             transport.exchange({0: encode(Checksum(0, bytes(16)))})
+
+
+def test_the_server_side_of_a_run_imports_no_torch():
+    """What a Flower ServerApp runs: the run loop, the step driver, the server, strategies, wire, the seam."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import zofed.loop, zofed.sim, zofed.server, zofed.strategies, zofed.transport, zofed.orbit; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

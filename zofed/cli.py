@@ -28,7 +28,13 @@ from .orbit import OrbitError
 
 # the round-based algorithms (zofed.rounds drives them), beside the step strategies (zofed.sim)
 ROUND_CONFIGS = {"fedmezo": FedMeZOConfig, "zowarmup": ZOWarmUpConfig}
-STRATEGY_NAMES = sorted(strategies.STRATEGIES) + sorted(ROUND_CONFIGS)
+
+
+def strategy_names() -> list[str]:
+    """The registry's step strategies (as registered when asked) and the round-based algorithms."""
+    return sorted(strategies.STRATEGIES) + sorted(ROUND_CONFIGS)
+
+
 # options of `zofed run` that are not config fields, with their defaults (None: the task's or strategy's own)
 RUN_OPTIONS = dict(task=None, model=None, lora_rank=None, threads=None, out=None, transport="inproc", processes=None)
 RUN_HELP = dict(task="vader or digits (default: digits for zowarmup, else vader)",
@@ -120,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
             (k, ("int" if k in ("lora_rank", "threads", "processes") else "str", RUN_HELP[k])) for k in RUN_OPTIONS]:
         kw = dict(action=argparse.BooleanOptionalAction) if kind == "bool" else dict(type=_TYPES[kind])
         if name in ("strategy", "transport"):
-            kw["choices"] = STRATEGY_NAMES if name == "strategy" else TRANSPORTS
+            kw["choices"] = strategy_names() if name == "strategy" else TRANSPORTS
         # only given flags land in the namespace, so a config file can fill the rest
         r.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text, **kw)
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -183,8 +189,8 @@ def _run_options(args) -> dict:
     merged.update(_load_config(args.config) if args.config else {})
     merged.update(given)
     strategy = merged.get("strategy", "feedsign")
-    if strategy not in STRATEGY_NAMES:
-        raise ValueError(f"config field 'strategy' must be one of {tuple(STRATEGY_NAMES)}, got {strategy!r}")
+    if strategy not in strategy_names():
+        raise ValueError(f"config field 'strategy' must be one of {tuple(strategy_names())}, got {strategy!r}")
     takes = set(config_class(strategy).__dataclass_fields__) | set(RUN_OPTIONS) | {"strategy"}
     for name in merged:
         if name not in takes:

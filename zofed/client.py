@@ -2,7 +2,7 @@
 
 A replica's trainable parameters change only through broadcast seeds and scalars, applied with the
 multi-seed update of zokernels, so two replicas that apply the same broadcasts are bit-identical;
-`digest()` lets them prove it cheaply. Projections use zokernels.ZOSGD in shadow mode: the weights
+`digest()` lets them prove it cheaply. Projections use the perturbation engine in shadow mode: the weights
 are never written during the forwards, so evaluating a seed leaves them exactly as they were.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import zokernels
+from zokernels.engine import Engine
 
-from .strategies import FedKSeed, Strategy
+from .strategies import Strategy
 from .transport import split_frames
 from .wire import Ask, Checksum, Dense, PoolState, Report, decode, encode
 
@@ -39,7 +39,8 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
 
 
 class Replica:
-    """The trainable parameters of `model` (requires_grad=True), driven by seeds.
+    """The trainable parameters of `model` (requires_grad=True), driven by seeds through the perturbation engine
+    (zokernels.engine, shadow mode: the weights are never written during the forwards).
 
     keep_base: keep a copy of the starting trainable weights, for strategies that rebuild from them
     (the FedKSeed pool); costs one copy of the trainable parameters.
@@ -48,18 +49,18 @@ class Replica:
     def __init__(self, model: nn.Module, *, eps: float = 1e-3, dist: str = "gaussian", keep_base: bool = False,
                  backend: str | None = None):
         self.model, self.eps = model, eps
-        self.opt = zokernels.ZOSGD(model, lr=0.0, eps=eps, mode="shadow", dist=dist, backend=backend)
-        self.params = [p for g in self.opt.param_groups for p in g["params"]]
+        self.engine = Engine(model, shadow=True, dist=dist, backend=backend)
+        self.params = self.engine.params()
         self.base = [p.detach().clone() for p in self.params] if keep_base else None
         self.step = 0  # the step whose starting weights it holds (advance() moves it)
 
     def projection(self, seed: int, closure: Callable[[], torch.Tensor]) -> float:
         """(L(w + eps z) - L(w - eps z)) / (2 eps) on the closure's batch."""
-        return self.opt.projection(seed, closure)
+        return self.engine.projection(seed, self.eps, closure)
 
     def evaluate_pair(self, seed: int, closure: Callable):
-        """The closure's outputs at w +- eps z(seed) (see ZOSGD.evaluate_pair)."""
-        return self.opt.evaluate_pair(seed, closure)
+        """The closure's outputs at w +- eps z(seed), whatever they are (per-example losses, say)."""
+        return self.engine.evaluate_pair(seed, self.eps, closure)
 
     @torch.no_grad()
     def apply(self, ops: Iterable[tuple], chunk: int = 4096) -> None:
@@ -80,10 +81,10 @@ class Replica:
             seeds.extend(op_seeds)
             coeffs.extend(op_coeffs)
             if len(seeds) >= chunk:
-                self.opt.apply_updates(seeds, coeffs)
+                self.engine.apply(seeds, coeffs)
                 seeds, coeffs = [], []
         if seeds:
-            self.opt.apply_updates(seeds, coeffs)
+            self.engine.apply(seeds, coeffs)
 
     def advance(self, first_step: int, steps: list[list[tuple]]) -> None:
         """Apply the ops of steps first_step, first_step + 1, ... (one list per step), skipping those this
@@ -97,12 +98,12 @@ class Replica:
 
     def close(self) -> None:
         """Remove the shadow-mode hooks: the model runs plain forwards again."""
-        self.opt.close()
+        self.engine.close()
 
     def digest(self) -> bytes:
         """A 16-byte blake2b digest of the trainable weights (in noise-key order)."""
         h = hashlib.blake2b(digest_size=16)
-        for p in sorted(self.params, key=lambda p: self.opt.key_of[id(p)]):
+        for _, p in sorted(zip(self.engine.keys, self.engine.params()), key=lambda kp: kp[0]):
             h.update(_raw_bytes(p))
         return h.digest()
 
@@ -151,8 +152,8 @@ class Client:
     """
 
     def __init__(self, cid: int, replica: Replica, strategy: Strategy, *, byzantine: bool = False, data=None):
-        if isinstance(strategy, FedKSeed) and replica.base is None:
-            raise ValueError("a FedKSeed client needs Replica(..., keep_base=True)")
+        if strategy.keeps_base and replica.base is None:
+            raise ValueError(f"a {strategy.name} client needs Replica(..., keep_base=True)")
         self.cid, self.replica, self.strategy, self.byzantine, self.data = cid, replica, strategy, byzantine, data
         self.step = 0
 
@@ -192,9 +193,7 @@ class Client:
     def _ops(self, msg) -> tuple[int, list[list[tuple]]]:
         """(first step, per-step ops) of a broadcast, history or pool state; moves the client's step past it."""
         if isinstance(msg, PoolState):
-            if not isinstance(self.strategy, FedKSeed):
-                raise ValueError("a pool state arrived for a strategy without a seed pool")
-            ops = self.strategy.load(msg)
+            ops = self.strategy.restore(msg)
             self.step = msg.step
             return msg.step - 1, [ops]  # the rebuild the step before msg.step ends with
         first, steps = self.step, []
@@ -223,6 +222,10 @@ class Client:
         self._apply([decode(f) for f in frames])
 
     def checksum(self) -> bytes:
+        """The Checksum of this client's replica at its step."""
+        if self.replica.step != self.step:
+            raise ValueError(f"client {self.cid} is on step {self.step} but shares a replica on step "
+                             f"{self.replica.step}: only a caught-up client can report its weights")
         return encode(Checksum(self.step, self.replica.digest()))
 
     def handle(self, request: bytes) -> bytes:
@@ -305,7 +308,7 @@ def make_clients(run_config: dict, cids, *, shared: bool = False, task=None, rep
         task = tasks.build(run_config["task"], **run_config["task_options"])
     parts = split_clients(task, cfg)
     sizes = [len(p) for p in parts] if cfg.client_weights == "data-size" else None
-    keep_base = cfg.strategy == "fedkseed"
+    keep_base = cfg.make_strategy(sizes).keeps_base
     one = (replica or Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)) if shared else None
     clients = {}
     for c in cids:
@@ -332,8 +335,9 @@ class ModelEvaluator:
     def __init__(self, task, cfg, data_sizes=None):
         self.task = task
         self.base_sha256 = weights_sha256(task.model)
-        self.replica = Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=cfg.strategy == "fedkseed")
-        self.follower = Client(-1, self.replica, cfg.make_strategy(data_sizes))
+        strategy = cfg.make_strategy(data_sizes)
+        self.replica = Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=strategy.keeps_base)
+        self.follower = Client(-1, self.replica, strategy)
 
     def follow(self, frames: bytes) -> None:
         self.follower.handle(frames)

@@ -149,8 +149,9 @@ def _check_config(c) -> None:
     if not isinstance(c, dict) or sorted(c) != sorted(CONFIG_KEYS):
         got = sorted(c) if isinstance(c, dict) else f"a JSON {type(c).__name__}"
         raise OrbitError(f"corrupt orbit config: it holds {got}, a run config holds {sorted(CONFIG_KEYS)}")
+    names = (*sorted(strategies.STRATEGIES), strategies.Broadcasts.name)  # the registry as it is now
     checks = dict(
-        strategy=("one of " + ", ".join(_STRATEGY_NAMES), lambda v: v in _STRATEGY_NAMES),
+        strategy=("one of " + ", ".join(names), lambda v: v in names),
         dist=("one of " + ", ".join(DISTS), lambda v: v in DISTS),
         run_seed=("an integer in [0, 2**63)", lambda v: _integer(v) and 0 <= v < 2**63),
         steps=(f"an integer in [1, {wire.MAX_COUNT}]", lambda v: _integer(v) and 1 <= v <= wire.MAX_COUNT),
@@ -164,7 +165,6 @@ def _check_config(c) -> None:
             raise OrbitError(f"corrupt orbit config: {name!r} must be {must}, got {_shown(c[name])}")
 
 
-_STRATEGY_NAMES = (*sorted(strategies.STRATEGIES), strategies.Broadcasts.name)
 _OPTIONS_ARE = (f"an object of at most {_MAX_OPTIONS} options (names of at most 64 characters; values true/false, "
                 "integers in [-2**63, 2**64), finite numbers or strings of at most 256 characters)")
 
@@ -262,7 +262,7 @@ def replay(orbit: Orbit, task=None, chunk: int = 4096):
     if got != orbit.base_sha256:
         raise OrbitError(f"wrong base model: its weights hash to {got[:16]}..., the orbit was recorded on "
                          f"{orbit.base_sha256[:16]}... (another checkpoint, task option or library version)")
-    replica = Replica(task.model, eps=c["eps"], dist=c["dist"], keep_base=isinstance(strategy, strategies.FedKSeed))
+    replica = Replica(task.model, eps=c["eps"], dist=c["dist"], keep_base=strategy.keeps_base)
     try:  # ops are generated as the replica consumes them: no object per step is held
         replica.apply((op for down in strategy.steps_of(orbit.history) for op in strategy.ops(down.first_step, down)),
                       chunk=chunk)

@@ -39,7 +39,7 @@ import os
 from collections import Counter
 
 from .seeds import unit
-from .strategies import FedKSeed, Strategy
+from .strategies import Strategy
 from .wire import FRAME_BYTES, MAX_FRAME_BYTES, Checksum, Message, WireError, decode, encode, header
 
 _SAMPLE = 0x5A  # hash domain of client sampling
@@ -130,9 +130,8 @@ class ParameterServer:
         self._trim()
 
     def _trim(self) -> None:
-        if isinstance(self.strategy, FedKSeed):  # anyone older is served from the pool's checkpoint
-            start = self.strategy.checkpoint.step
-        else:
+        start = self.strategy.history_floor()  # anyone older is served from the strategy's snapshot
+        if start is None:
             start = min((self.synced[c] for c in self.active), default=self.step)
         if start > self.history_start:
             del self.history[: start - self.history_start]
@@ -231,12 +230,13 @@ class ParameterServer:
         need = self.synced[client]
         msgs: list[tuple[Message, bytes]] = []
         if need < self.history_start:
-            if not isinstance(self.strategy, FedKSeed):
+            snapshot = self.strategy.snapshot()
+            if snapshot is None:
                 raise CatchUpError(f"client {client} needs the broadcasts from step {need}, but the server holds "
                                    f"them from step {self.history_start} only (trimmed after the client left); "
                                    "rebuild its replica from an orbit replay instead")
-            msgs.append((self.strategy.checkpoint, encode(self.strategy.checkpoint)))
-            need = self.strategy.checkpoint.step
+            msgs.append((snapshot, encode(snapshot)))
+            need = snapshot.step
         if need < self.step:
             msgs += self.history_messages(need, self.history[need - self.history_start:])
         self.synced[client] = self.step
