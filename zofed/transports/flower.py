@@ -141,8 +141,9 @@ def open(cfg: dict):  # noqa: A001 (the transports' entry point is named open)
 def app_config(task, cfg, out: str, deadline_s: float | None = None) -> dict[str, str]:
     """The app's run config for `cfg` on `task`, writing into `out` (see flower_server.main)."""
     from ..client import run_config
+    from .flower_server import check
 
-    cfg.validate()
+    check(cfg)
     return {"zofed-run-config": json.dumps(run_config(cfg, task)), "zofed-out": out,
             "zofed-deadline-s": "" if deadline_s is None else str(deadline_s)}
 
@@ -171,6 +172,7 @@ def run(task, cfg, out: str, *, deadline_s: float | None = None, timeout_s: floa
     (None: wait for every client; a client whose SuperNode died is then waited for about a minute)."""
     if not out:
         raise ValueError("the flower transport writes the run into a folder: give --out")
+    app_config(task, cfg, out)  # bad input refused before any process starts
     with Deployment(os.path.join(out, "flower"), cfg.clients) as deployment:
         if progress:
             print(f"flower: SuperLink on 127.0.0.1:{deployment.port}, {cfg.clients} SuperNodes; logs in "

@@ -90,7 +90,8 @@ class GridTransport(Transport):
         not counted (nor its reply)."""
         for c, frames in history.items():
             if c in self.node_of:
-                mid = list(self.grid.push_messages([self._message(self.node_of[c], frames + self.owed.get(c, b"") + CHECKSUM, evaluate=1)]))[0]
+                request = frames + self.owed.get(c, b"") + CHECKSUM
+                mid = list(self.grid.push_messages([self._message(self.node_of[c], request, evaluate=1)]))[0]
                 record = self._wait(mid)
                 if record is not None:
                     self.owed.pop(c, None)
@@ -256,6 +257,14 @@ class ClientEvaluator:
         pass
 
 
+def check(cfg) -> None:
+    """ValueError for what this ServerApp cannot run (checked before any process starts, and here)."""
+    cfg.validate()
+    if cfg.client_weights == "data-size":
+        raise ValueError("config field 'client_weights' = 'data-size' needs the clients' data sizes on the server: "
+                         "not on the flower transport yet; use 'equal'")
+
+
 app = ServerApp()
 
 
@@ -272,12 +281,11 @@ def main(grid: Grid, context: Context) -> None:
     out = str(context.run_config["zofed-out"])
     deadline = str(context.run_config.get("zofed-deadline-s", ""))
     cfg = SimConfig(**rc["config"])
-    if cfg.client_weights == "data-size":
-        raise ValueError("client_weights 'data-size' needs the clients' data sizes on the server: not on the "
-                         "flower transport yet; use 'equal'")
+    check(cfg)
     transport = GridTransport(grid, deadline_s=float(deadline) if deadline else None)
     evaluator = ClientEvaluator(transport, rc)
     driver = StepDriver(cfg, transport, evaluator, rc)
     loop.run(driver, evaluator, rc["task"], rc["task_options"], out=out, progress=False, eval_every=cfg.eval_every)
-    loop.write_json(os.path.join(out, "replicas.json"), {
-        str(c): dict(step=decode(f).step, digest=decode(f).digest.hex()) for c, f in sorted(transport.checksums.items())})
+    replicas = {str(c): decode(f) for c, f in sorted(transport.checksums.items())}
+    loop.write_json(os.path.join(out, "replicas.json"),
+                    {c: dict(step=m.step, digest=m.digest.hex()) for c, m in replicas.items()})

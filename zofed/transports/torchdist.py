@@ -142,7 +142,11 @@ class TorchDist(Transport):
         for c, request in requests.items():
             count_frames(self.counter, c, "down", request)
             by_rank.setdefault(self.rank_of[c], {})[c] = request
-        replies = self._round(by_rank)
+        try:
+            replies = self._round(by_rank)
+        except BaseException:  # Ctrl-C or a rank gone mid-round: the link is out of step, close() kills the ranks
+            self.failed = True
+            raise
         for c, reply in replies.items():
             count_frames(self.counter, c, "up", reply)
         return replies
