@@ -38,7 +38,7 @@ from __future__ import annotations
 import abc
 import importlib
 
-from .wire import CONTROL, FRAME_BYTES, MAX_FRAME_BYTES, ByteCounter, WireError, decode, header
+from .wire import CONTROL, FRAME_BYTES, MAX_FRAME_BYTES, Ask, ByteCounter, WireError, decode, header
 
 TRANSPORTS = ("inproc", "torchdist", "flower")
 
@@ -98,8 +98,9 @@ class InProc(Transport):
     task: the run's task, if this process has it (else each client builds it from the run config). shared=True
     builds the clients on one replica (`replica`, or one on the task's model; zofed.client.make_clients): every replica of a FeedSign /
     ZO-FedSGD / FedKSeed run holds the same weights at the same step, so one model serves all clients, each
-    applying a step's broadcast once (zofed.client.Replica.advance); tested bit-identical against separate
-    replicas (tests/test_transport_inproc.py)."""
+    applying a step's broadcast once (zofed.client.Replica.advance), and where the task's losses are batch
+    invariant a shared-seed round runs all its clients' batches through one forward (answer_together); both
+    tested bit-identical against separate replicas (tests/test_transport_inproc.py)."""
 
     def __init__(self, task=None, *, shared: bool = True, replica=None):
         self.counter = ByteCounter()
@@ -112,12 +113,27 @@ class InProc(Transport):
         self.clients = make_clients(run_config, clients, shared=self.shared, task=self.task, replica=self.replica)
 
     def exchange(self, requests, *, quorum=None, deadline_s=None):
-        replies = {}
         for c, request in requests.items():
             count_frames(self.counter, c, "down", request)
-            replies[c] = self.clients[c].handle(request)
-            count_frames(self.counter, c, "up", replies[c])
+        replies = self._together(requests) or {c: self.clients[c].handle(r) for c, r in requests.items()}
+        for c, reply in replies.items():
+            count_frames(self.counter, c, "up", reply)
         return replies
+
+    def _together(self, requests) -> dict | None:
+        """A round's Asks to clients on one replica answered in one forward per step where that gives the same
+        bits (zofed.client.answer_together); None otherwise."""
+        asks = set(requests.values())
+        if len(requests) < 2 or len(asks) != 1:
+            return None
+        (request,) = asks
+        frames = split_frames(request)
+        ask = decode(frames[0]) if len(frames) == 1 else None
+        if not isinstance(ask, Ask):
+            return None
+        from .client import answer_together
+
+        return answer_together([self.clients[c] for c in requests], ask)
 
     def close(self) -> None:
         closed = set()

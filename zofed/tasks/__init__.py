@@ -22,7 +22,9 @@ class Task:
     evaluate(model) -> held-out metrics, at least {"accuracy": float, "loss": float}.
     options: the keyword arguments that rebuild this task with `build` (recorded in orbits).
     export(model) -> {name: tensor}: the weights `zofed orbit replay` writes, named as the user's own
-    model names them (None: the model's state_dict)."""
+    model names them (None: the model's state_dict).
+    batch_invariant: an example's loss is the same bits in any batch (tested per task): an in-process
+    transport may then run several clients' batches through one forward (zofed.client.answer_together)."""
 
     name: str
     model: object
@@ -32,6 +34,7 @@ class Task:
     evaluate: Callable
     options: dict = field(default_factory=dict)
     export: Callable | None = None
+    batch_invariant: bool = False
 
 
 def tensor_classification(name: str, model, x, y, x_test, y_test, options: dict) -> Task:
@@ -52,7 +55,7 @@ def tensor_classification(name: str, model, x, y, x_test, y_test, options: dict)
         return dict(accuracy=(logits.argmax(1) == y_test).float().mean().item(),
                     loss=nn.functional.cross_entropy(logits, y_test).item())
 
-    return Task(name, model, y.tolist(), batch, losses, evaluate, options)
+    return Task(name, model, y.tolist(), batch, losses, evaluate, options, batch_invariant=True)
 
 
 @dataclass(frozen=True)

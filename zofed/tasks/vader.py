@@ -152,7 +152,7 @@ def task(model: str = "minilm", lora_rank: int = 4):
         return dict(accuracy=correct / n, loss=total / n)
 
     return Task("vader", clf, [y for _, y in train], batch, losses, evaluate,
-                dict(model=model, lora_rank=lora_rank), export=export)
+                dict(model=model, lora_rank=lora_rank), export=export, batch_invariant=True)
 
 
 def export(model: SentenceClassifier) -> dict:
