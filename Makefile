@@ -27,7 +27,7 @@ $(VENV)/.hf-deps: $(VENV)/.deps
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.hf-deps
-	$(BIN)/pip install -q "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "triton>=3.0" "flwr>=1.41,<2"
+	$(BIN)/pip install -q "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "triton>=3.0" "flwr>=1.41,<2" "pytest-xdist>=3"
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(EXT_SRC)
@@ -56,8 +56,10 @@ bench-step: $(VENV)/.built $(VENV)/.hf-deps
 finetune: $(VENV)/.built $(VENV)/.hf-deps
 	$(BIN)/python examples/finetune_minilm_vader.py
 
+# Two workers, each test file on one of them (module fixtures that spawn processes run once): the
+# multi-process and Flower tests mostly wait on their children, so the other worker keeps the CPU busy.
 test: $(VENV)/.built $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf build $(VENV) zokernels/_C*.so *.egg-info

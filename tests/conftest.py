@@ -2,6 +2,11 @@
 the variable must be set before triton is first imported."""
 
 import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -21,6 +26,30 @@ def available_backends() -> list[str]:
 
 def device_for(backend: str) -> str:
     return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def torchrun(script, out: pathlib.Path, *args: str, nproc: int = 2, env: dict | None = None,
+             timeout: float = 600) -> str:
+    """Run `script` on nproc gloo processes (nproc=1: plain python) on 127.0.0.1, one thread each, its output
+    in out/log.txt; kill its whole process group whatever happens. Returns the log; fails with its tail."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(port)] if nproc > 1 else [sys.executable]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), **(env or {}))
+    with open(out / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd + [str(script), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = (out / "log.txt").read_text()
+    assert code == 0, text[-3000:]
+    return text
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

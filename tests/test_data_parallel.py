@@ -2,12 +2,7 @@
 replicas bit-identical at every step, and the trajectory of one process averaging both ranks' losses."""
 
 import json
-import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,32 +11,16 @@ from torch import nn
 import zokernels
 
 import dp_worker as w
+from conftest import torchrun
 
 WORKER = pathlib.Path(__file__).with_name("dp_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    """Launch the 2-process job once for the module; kill its whole process group whatever happens."""
+    """Launch the 2-process job once for the module."""
     out = tmp_path_factory.mktemp("dp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    with open(out / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            code = proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert code == 0, (out / "log.txt").read_text()[-3000:]
+    torchrun(WORKER, out, str(out))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -3,11 +3,7 @@ data-parallel replicas stay bit-identical and follow the one-process run that av
 the FSDP2-sharded run equals the one-process run bit for bit."""
 
 import json
-import os
 import pathlib
-import signal
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -17,35 +13,16 @@ EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "zo_distributed.py"
 sys.path.insert(0, str(EXAMPLE.parent))
 
 import zo_distributed as ex  # noqa: E402
+from conftest import torchrun  # noqa: E402
 
 ARGS = ["--steps", "4", "--batch", "4", "--seq", "8", "--vocab", "32", "--hidden", "16", "--layers", "2"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp_path_factory, *args: str, gpus: bool = False, nproc: int = 2) -> list[dict]:
-    """One torchrun launch of the example (nproc=1: plain python); its JSON lines. Kills its process group."""
-    out = tmp_path_factory.mktemp("run")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if nproc > 1 else [sys.executable]
-    cmd += [str(EXAMPLE), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    if not gpus:  # CPU and gloo even where a GPU is visible: the references run on CPU in this process
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    with open(out / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            code = proc.wait(timeout=300)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    text = (out / "log.txt").read_text()
-    assert code == 0, text[-3000:]
+    """One torchrun launch of the example (nproc=1: plain python); its JSON lines."""
+    # CPU and gloo even where a GPU is visible: the references run on CPU in this process
+    text = torchrun(EXAMPLE, tmp_path_factory.mktemp("run"), *args, nproc=nproc, timeout=300,
+                    env=None if gpus else dict(CUDA_VISIBLE_DEVICES=""))
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 

@@ -9,12 +9,7 @@ has the same coefficients), and the losses themselves are checked against the pl
 rounding, which a wrong perturbation of any shard would exceed by orders of magnitude."""
 
 import json
-import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,30 +17,14 @@ import torch
 import zokernels
 
 import sharded_worker as w
+from conftest import torchrun
 
 WORKER = pathlib.Path(__file__).with_name("sharded_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(out: pathlib.Path, nproc: int) -> dict:
-    """Run the worker on nproc processes once; kill its whole process group whatever happens."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    with open(out / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            code = proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert code == 0, (out / "log.txt").read_text()[-3000:]
+    """Run the worker on nproc processes once."""
+    torchrun(WORKER, out, str(out), nproc=nproc)
     return json.loads((out / "scenarios.json").read_text())
 
 

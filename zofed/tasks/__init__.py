@@ -112,6 +112,13 @@ def register(name: str, builder: Callable[..., Task], options: dict[str, Option]
     _BUILDERS[name] = (builder, dict(options))
 
 
+def registering_modules() -> list[str]:
+    """The modules outside zofed that registered tasks in this process: another process (a transport's
+    client side) imports them first, so that it builds the same tasks by name."""
+    return sorted({builder.__module__ for builder, _ in _BUILDERS.values()
+                   if not builder.__module__.startswith("zofed.") and builder.__module__ != "__main__"})
+
+
 def _lookup(name: str) -> tuple[Callable[..., Task], dict[str, Option]]:
     if name in BUILT_IN and name not in _BUILDERS:  # imported on first use: each needs its own packages
         import importlib

@@ -91,11 +91,3 @@ def _signal(pids: list[int], sig: int) -> None:
         except ProcessLookupError:
             pass
 
-
-def registering_modules() -> list[str]:
-    """The modules outside zofed that registered tasks in this process (zofed.tasks.register): a child
-    imports them first, so that it builds the same task by name (their folder travels in PYTHONPATH)."""
-    from .. import tasks
-
-    return sorted({builder.__module__ for builder, _ in tasks._BUILDERS.values()
-                   if not builder.__module__.startswith("zofed.") and builder.__module__ != "__main__"})

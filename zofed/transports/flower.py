@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-from .children import Children, free_port, registering_modules
+from ..tasks import registering_modules
+from .children import Children, free_port
 
 SERVERAPP = "zofed.transports.flower_server:app"
 CLIENTAPP = "zofed.transports.flower_client:app"

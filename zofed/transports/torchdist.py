@@ -34,7 +34,8 @@ import torch.distributed as dist
 
 from ..transport import Transport, count_frames
 from ..wire import Ask, ByteCounter, encode
-from .children import Children, free_port, registering_modules
+from ..tasks import registering_modules
+from .children import Children, free_port
 
 START, ROUND, REPLY, ERROR, STOP = range(5)  # the first byte of every message between ranks
 _ENTRY = struct.Struct("<IQ")  # a bundle entry: client id, request or reply length, then its bytes
