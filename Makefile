@@ -58,8 +58,10 @@ finetune: $(VENV)/.built $(VENV)/.hf-deps
 
 # Two workers, each test file on one of them (module fixtures that spawn processes run once): the
 # multi-process and Flower tests mostly wait on their children, so the other worker keeps the CPU busy.
+# One thread per worker and per child: two workers of two OpenMP threads each on two cores spin against
+# each other (a 2.5-minute run took over 10).
 test: $(VENV)/.built $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf build $(VENV) zokernels/_C*.so *.egg-info
