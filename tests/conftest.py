@@ -4,7 +4,6 @@ the variable must be set before triton is first imported."""
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import zokernels  # noqa: E402
+from zofed.transports.children import free_port  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 PORTABLE_DISTS = ["gaussian", "rademacher", "uniform"]
@@ -32,11 +32,8 @@ def torchrun(script, out: pathlib.Path, *args: str, nproc: int = 2, env: dict | 
              timeout: float = 600) -> str:
     """Run `script` on nproc gloo processes (nproc=1: plain python) on 127.0.0.1, one thread each, its output
     in out/log.txt; kill its whole process group whatever happens. Returns the log; fails with its tail."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(port)] if nproc > 1 else [sys.executable]
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port())] if nproc > 1 else [sys.executable]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), **(env or {}))
     with open(out / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd + [str(script), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
