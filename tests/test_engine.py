@@ -3,6 +3,8 @@ weights, shard offsets against noise of the whole tensor, DTensors on a 1-proces
 placements train like plain tensors; the others are refused by name, never a crash), and the public API
 zofed's Replica uses. Multi-process sharding: tests/test_sharded.py."""
 
+import copy
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -88,6 +90,27 @@ def test_evaluate_pair_and_projection_equal_the_optimizers():
     eng.close()
     with pytest.raises(RuntimeError, match="shadow=True"):
         Engine(m).evaluate_pair(9, 1e-3, closure)
+
+
+def test_a_model_carrying_shadow_hooks_deep_copies_into_an_independent_model():
+    m = _mlp()
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    opt = zokernels.ZOSGD(m, lr=1e-2, eps=1e-3, mode="shadow")
+    twin = copy.deepcopy(m)  # the hooks' engine holds the model's lock: "cannot pickle '_thread.lock'" before
+    assert torch.equal(twin(x), m(x))
+    # the copy's hooks serve the copy (its own slots, its own lock): inactive while the original steps, ...
+    seen = opt.evaluate_pair(3, lambda: (m(x), twin(x)))
+    assert not torch.equal(seen[0][0], seen[1][0]) and torch.equal(seen[0][1], seen[1][1])
+    assert torch.equal(seen[0][1], m(x))
+    # ... and training the copy with its own optimizer (while the original is mid-call) is training the original
+    closure = lambda model: (lambda: model(x).square().mean())  # noqa: E731
+    twin_opt = zokernels.ZOSGD(twin, lr=1e-2, eps=1e-3, mode="shadow")
+    start = _digest(m)
+    with opt.engine.running("the original's call"):
+        twin_opt.step(closure(twin))
+    opt.step(closure(m))
+    assert not torch.equal(m[0].weight, start[0])
+    assert all(torch.equal(p, q) for p, q in zip(twin.parameters(), m.parameters()))
 
 
 def test_shard_row_offsets_reproduce_the_whole_tensors_noise():

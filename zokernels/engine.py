@@ -247,6 +247,18 @@ class Engine:
                      for mod, entries in self._owned_by_module().items()}
             self._shadow = _Shadow(self, {m: e for m, e in owned.items() if e})
 
+    # copy.deepcopy(model) copies the shadow hooks and so this engine: the copy serves the copied model, whose
+    # lock is its own (a lock cannot be copied), and whose parameters have other ids than the ones _slot_of holds.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"], state["_slot_of"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._slot_of = {id(s.param): i for i, s in enumerate(self._slots)}
+        self._lock = _model_lock(self.module)
+
     # ------------------------------------------------------------ where the parameters are
 
     def _owned_by_module(self) -> dict[nn.Module, list[tuple[str, torch.Tensor]]]:
