@@ -9,6 +9,7 @@ are never written during the forwards, so evaluating a seed leaves them exactly 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -100,11 +101,16 @@ class Replica:
         """Remove the shadow-mode hooks: the model runs plain forwards again."""
         self.engine.close()
 
-    def digest(self) -> bytes:
-        """A 16-byte blake2b digest of the trainable weights (in noise-key order)."""
+    def keyed(self) -> list[tuple[int, str, torch.Tensor, torch.Tensor | None]]:
+        """(noise key, name, parameter, its base copy or None) of every trainable parameter, in noise-key order."""
+        base = self.base or [None] * len(self.params)
+        return sorted(zip(self.engine.keys, self.engine.names, self.params, base), key=lambda k: k[0])
+
+    def digest(self, base: bool = False) -> bytes:
+        """A 16-byte blake2b digest of the trainable weights (in noise-key order); base=True: of the base copy."""
         h = hashlib.blake2b(digest_size=16)
-        for _, p in sorted(zip(self.engine.keys, self.engine.params()), key=lambda kp: kp[0]):
-            h.update(_raw_bytes(p))
+        for _, _, p, b in self.keyed():
+            h.update(_raw_bytes(b if base else p))
         return h.digest()
 
 
@@ -158,6 +164,11 @@ class Client:
         self.cid, self.replica, self.strategy, self.byzantine, self.data = cid, replica, strategy, byzantine, data
         self.task, self.examples = task, examples  # examples(step): the indices behind data(step)'s batches
         self.step = 0
+        # what save_state keeps of the strategy's state: its snapshot() message as of the last one it made (or
+        # the pool state this client caught up from) and the per-step broadcasts applied since; None for a
+        # strategy without snapshots (it keeps no state: tests/test_client_snapshot.py)
+        base = strategy.snapshot()
+        self._strategy_state = None if base is None else (base, [])
 
     def _projection(self, step: int, closures: Sequence[Callable]) -> tuple:
         """(projection, loss) at the replica's current weights: with local steps, the H projections and the
@@ -199,6 +210,7 @@ class Client:
         if isinstance(msg, PoolState):
             ops = self.strategy.restore(msg)
             self.step = msg.step
+            self._strategy_state = (msg, [])
             return msg.step - 1, [ops]  # the rebuild the step before msg.step ends with
         first, steps = self.step, []
         for down in self.strategy.steps_of(msg):
@@ -206,7 +218,19 @@ class Client:
                 raise ValueError(f"catch-up for step {down.first_step} arrived at a client on step {self.step}")
             steps.append(self.strategy.ops(self.step, down))
             self.step += 1
+            self._remember(down)
         return first, steps
+
+    def _remember(self, down) -> None:
+        """Keep the strategy's newest snapshot and the broadcasts since (what save_state writes)."""
+        if self._strategy_state is None:
+            return
+        base, since = self._strategy_state
+        newest = self.strategy.snapshot()
+        if newest.step > base.step:  # the strategy made one at this step (FedKSeed: a rebuild) and holds the rest
+            self._strategy_state = (newest, [])
+        else:
+            since.append(down)
 
     def _apply(self, msgs) -> None:
         for msg in msgs:
@@ -232,6 +256,79 @@ class Client:
                              f"{self.replica.step}: only a caught-up client can report its weights")
         return encode(Checksum(self.step, self.replica.digest()))
 
+    def save_state(self) -> bytes:
+        """This client at its step, as bytes for load_state: the replica's trainable weights (raw, in noise-key
+        order), what the strategy needs to go on from here (its snapshot() as of its last one and the broadcasts
+        since: FedKSeed's pool accumulators; nothing for strategies without snapshots), and the digests that
+        load_state checks: the replica's, and for a strategy that rebuilds from the base weights the base's (the
+        base is not saved: a client rebuilt from the run config has it)."""
+        if self.replica.step != self.step:
+            raise ValueError(f"client {self.cid} is on step {self.step} but shares a replica on step "
+                             f"{self.replica.step}: only a caught-up client can save its state")
+        frames = b""
+        if self._strategy_state is not None:
+            base, since = self._strategy_state
+            frames = encode(base) + (encode(self.strategy.history(since[0].first_step, since)) if since else b"")
+        header = dict(client=self.cid, step=self.step, strategy=self._identity(), frames=len(frames),
+                      digest=self.replica.digest().hex(),
+                      base=self.replica.digest(base=True).hex() if self.replica.base is not None else None,
+                      tensors=[[name, str(p.dtype), list(p.shape)] for _, name, p, _ in self.replica.keyed()])
+        return b"".join([_STATE_MAGIC, json.dumps(header).encode(), b"\n", frames,
+                         *(_raw_bytes(p) for _, _, p, _ in self.replica.keyed())])
+
+    @torch.no_grad()
+    def load_state(self, state: bytes) -> None:
+        """Bring a new client (step 0, built from the same run config) to the state save_state wrote; ValueError
+        naming the problem for a state that is not this client's, is damaged, or gives other weights than it
+        recorded (the client is then left unusable: build a new one)."""
+        if self.step or self.replica.step:
+            raise ValueError(f"a client state loads into a new client; client {self.cid} is on step {self.step}")
+        if not state.startswith(_STATE_MAGIC) or b"\n" not in state[len(_STATE_MAGIC):]:
+            raise ValueError("not a zofed client state (Client.save_state writes one)")
+        line, _, rest = state[len(_STATE_MAGIC):].partition(b"\n")
+        try:
+            header = json.loads(line)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or set(header) != _STATE_KEYS:
+            raise ValueError("not a zofed client state: its header is not the JSON object save_state writes")
+        if header["client"] != self.cid:
+            raise ValueError(f"this is client {header['client']}'s state, not client {self.cid}'s")
+        if header["strategy"] != self._identity():
+            raise ValueError(f"this state is of the strategy {header['strategy']}, this client runs "
+                             f"{self._identity()}")
+        keyed = self.replica.keyed()
+        if header["tensors"] != [[name, str(p.dtype), list(p.shape)] for _, name, p, _ in keyed]:
+            raise ValueError("this state's weights do not fit this client's model (other names, dtypes or shapes)")
+        if header["base"] is not None and header["base"] != self.replica.digest(base=True).hex():
+            raise ValueError("this client's base weights (the run's starting weights, which a rebuild starts "
+                             "from) are not those of the state: the task builds other weights than the run's")
+        sizes = [p.numel() * p.element_size() for _, _, p, _ in keyed]
+        if len(rest) != header["frames"] + sum(sizes):
+            raise ValueError(f"this client state is truncated or overlong: {len(rest)} bytes after its header, "
+                             f"{header['frames'] + sum(sizes)} expected")
+        frames, at = rest[:header["frames"]], header["frames"]
+        for (_, _, p, _), n in zip(keyed, sizes):
+            p.copy_(torch.frombuffer(bytearray(rest[at:at + n]), dtype=torch.uint8).view(p.dtype).view(p.shape))
+            at += n
+        if frames:  # the strategy's state: its snapshot, then the broadcasts since (their ops on the strategy only)
+            base, *since = (decode(f) for f in split_frames(frames))
+            downs = [d for msg in since for d in self.strategy.steps_of(msg)]
+            self.strategy.restore(base)
+            for step, down in enumerate(downs, base.step):
+                self.strategy.ops(step, down)
+            self._strategy_state = (base, downs)
+            if base.step + len(downs) != header["step"]:
+                raise ValueError(f"this client state's strategy reaches step {base.step + len(downs)}, its weights "
+                                 f"step {header['step']}")
+        self.step = self.replica.step = header["step"]
+        if self.replica.digest().hex() != header["digest"]:
+            raise ValueError(f"loading this state gave client {self.cid} other weights than it recorded")
+
+    def _identity(self) -> dict:
+        """The strategy, its lr and run seed: what a state must have been saved with (the digests check the rest)."""
+        return dict(name=self.strategy.name, lr=self.strategy.lr, run_seed=self.strategy.run_seed)
+
     def handle(self, request: bytes) -> bytes:
         """A transport's request (zofed.transport): apply its broadcasts, histories and pool states in order,
         answer its Asks; returns the reply frames."""
@@ -245,6 +342,10 @@ class Client:
             else:
                 self._apply([msg])
         return b"".join(reply)
+
+
+_STATE_MAGIC = b"zofed client state 1\n"  # Client.save_state: this line, a JSON header line, frames, weights
+_STATE_KEYS = {"client", "step", "strategy", "frames", "digest", "base", "tensors"}
 
 
 def flat_weights(params) -> torch.Tensor:
