@@ -1,5 +1,6 @@
 """Strategies come from one registry: a strategy registered from one file (here, this test) is a `zofed run`
-choice, runs, and its orbit saves."""
+choice with its own options (flag, TOML key, default, check, --help line), runs, records its options in its
+orbit, and names its runs in plots and tables."""
 
 import contextlib
 import io
@@ -7,8 +8,8 @@ import io
 import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
-from zofed import cli, sim, strategies, tasks
-from zofed.strategies import FeedSign, register
+from zofed import cli, configs, sim, strategies, tasks
+from zofed.strategies import POSITIVE_INT, FeedSign, Option, register
 
 
 @pytest.fixture
@@ -37,6 +38,76 @@ def test_a_registered_strategy_is_a_cli_choice_and_runs(halfsign, tmp_path):
     whole = sim.run(tasks.build("toy"), sim.SimConfig(strategy="feedsign", **cfg), progress=False)
     assert half["model_sha256"] != whole["model_sha256"] and half["bytes_up_per_client"] == 6 * 25
     assert (tmp_path / "orbit").exists() and half["config"]["strategy"] == "toy-halfsign"
+
+
+@pytest.fixture
+def stride():
+    """FeedSign whose replicas step `stride` times as far: a strategy with an option of its own."""
+
+    @register
+    class Stride(FeedSign):
+        name = "toy-stride"
+        default_lr = 0.03
+        options = (Option("stride", int, 2, "how many signed steps each vote moves", valid=POSITIVE_INT),)
+
+        def __init__(self, *, lr, run_seed, stride):
+            super().__init__(lr=lr, run_seed=run_seed)
+            self.stride = stride
+
+        @classmethod
+        def label(cls, values):
+            return f"stride x{values['stride']}"
+
+        def ops(self, step, down):
+            ((kind, seeds, coeffs),) = super().ops(step, down)
+            return [(kind, seeds, tuple(c * self.stride for c in coeffs))]
+
+    yield Stride
+    del strategies.STRATEGIES["toy-stride"]
+
+
+def test_a_strategy_option_is_a_config_field_with_its_default_and_check(stride):
+    cfg = configs.SimConfig(strategy="toy-stride")
+    assert cfg.stride == 2 and cfg.lr == 0.03 and cfg.strategy_options() == dict(stride=2)
+    assert configs.SimConfig(strategy="toy-stride", stride=3).make_strategy().stride == 3
+    with pytest.raises(ValueError, match=r"config field 'stride' must be a positive integer, got 0"):
+        configs.SimConfig(strategy="toy-stride", stride=0).validate()
+    with pytest.raises(ValueError, match=r"config field 'stride' must be an integer, got 'x'"):
+        configs.SimConfig(strategy="toy-stride", stride="x").validate()
+    with pytest.raises(ValueError, match=r"'stride' applies to strategy 'toy-stride' only \(this run is 'feedsign'\)"):
+        configs.SimConfig(strategy="feedsign", stride=3).validate()
+    assert strategies.run_label(dict(strategy="toy-stride", stride=5)) == "stride x5"
+
+
+def test_options_leave_with_their_strategy(stride):
+    del strategies.STRATEGIES["toy-stride"]
+    try:
+        with pytest.raises(TypeError, match="no field"):
+            configs.SimConfig(stride=2)
+    finally:
+        strategies.STRATEGIES["toy-stride"] = stride
+
+
+def test_one_option_one_declaration(stride):
+    class Clash(FeedSign):
+        name = "toy-clash"
+        options = (Option("stride", int, 5, "the same field declared otherwise"),)
+
+    with pytest.raises(ValueError, match="declares option 'stride' otherwise than strategy 'toy-stride'"):
+        register(Clash)
+
+    @register
+    class Shadow(FeedSign):
+        name = "toy-shadow"
+        options = (Option("seed", int, 1, "a field every run has"),)
+
+    try:
+        with pytest.raises(ValueError, match=r"\['seed'\] would shadow SimConfig's own"):
+            configs.SimConfig()
+    finally:
+        del strategies.STRATEGIES["toy-shadow"]
+    with pytest.raises(ValueError, match="its type must be int, float, str or bool"):
+        Option("width", int, 2.5, "a default of another type")
 
 
 def test_a_strategy_needs_a_name_of_its_own():

@@ -1,33 +1,48 @@
 """Run configurations: the step simulator's SimConfig, FedMeZOConfig and ZOWarmUpConfig, and their checks.
 
 Torch-free, so `zofed run` rejects a bad config at once. Every check raises ValueError naming the field:
-"config field 'lr' must be a positive finite number, got -1".
+"config field 'lr' must be a positive finite number, got -1". SimConfig's strategy-specific fields come from
+the registry (zofed.strategies: each strategy's options), as do the round algorithms' names and configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import strategies
 from .data import CONVENTIONS
+from .strategies.fedkseed import CLIENT_WEIGHTS
 
-# Step sizes tuned on the vader task (FeedSign's lr is the size of each signed step along z; ZO-FedSGD's
-# multiplies the projection, which is O(1) there).
-DEFAULT_LR = {"feedsign": 4e-3, "dp-feedsign": 4e-3, "zo-fedsgd": 1e-3, "fedkseed": 1e-3}
 DISTS = ("gaussian", "rademacher", "uniform")
 SIGNALS = ("round-loss", "five-round-loss", "update")  # FedMeZO's heterogeneity signals (fedmezo.txt 5.4)
 SERVER_OPTS = ("fedavg", "fedadam")
-CLIENT_WEIGHTS = ("equal", "data-size")  # how a server weighs the clients it averages
 ZO_UPDATES = ("sum", "data-mean")  # ZOWarmUp's ZO update: Algorithm 1's sum, or a data-weighted mean
+
+
+class _DefaultLR(Mapping):
+    """strategy name -> its default lr, read from the registry (Strategy.default_lr) when asked."""
+
+    def __getitem__(self, name):
+        return strategies.STRATEGIES[name].default_lr
+
+    def __iter__(self):
+        return iter(strategies.STRATEGIES)
+
+    def __len__(self):
+        return len(strategies.STRATEGIES)
+
+
+DEFAULT_LR = _DefaultLR()
 
 
 class _Checked:
     """Field checks shared by the configs: types from the annotations, then ranges."""
 
     def _bad(self, name: str, why: str):
-        raise ValueError(f"config field {name!r} {why}, got {getattr(self, name)!r}")
+        raise strategies.field_error(name, why, getattr(self, name))
 
     def _check_types(self) -> None:
         for f in dataclasses.fields(self):
@@ -61,10 +76,14 @@ class _Checked:
             self._bad("seed", "must be an integer in [0, 2**63)")
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)  # __init__, __repr__, __eq__ below: over every field, options too
 class SimConfig(_Checked):
     """A simulated run of a step strategy (zofed.sim). lr is the step size (for FeedSign the size of each
-    signed step along z)."""
+    signed step along z).
+
+    Its fields: the run's own, declared here, then every registered strategy's options (zofed.strategies.Option:
+    dp_epsilon, aggregator, pool_size, ...), joined when a config is made (sim_fields()); dataclasses.fields and
+    dataclasses.asdict see both. Every field is a keyword: SimConfig(strategy="fedkseed", pool_size=16)."""
 
     strategy: str = "feedsign"  # the federated algorithm
     clients: int = 5  # K, simulated clients
@@ -77,15 +96,8 @@ class SimConfig(_Checked):
     eps: float = 1e-3  # perturbation scale
     batch: int = 16  # examples per client per step
     byzantine: int = 0  # the last `byzantine` clients attack (reversed sign / random projection)
-    byzantine_scale: float = 100.0  # a random projection is uniform in [-scale, scale] (vader: median |p| 2.3)
     dirichlet: float | None = None  # label-skew concentration beta; None: iid
     convention: str = "per-class"  # how --dirichlet skews the labels: a Dirichlet draw per class or per client
-    dp_epsilon: float = 1.0  # dp-feedsign: privacy budget per step
-    aggregator: str = "mean"  # zo-fedsgd: mean (a seed per client), median or trimmed-mean (shared seed)
-    pool_size: int = 64  # fedkseed: candidate seeds in the pool
-    pool_sampling: str = "uniform"  # fedkseed: uniform, or importance (FedKSeed's probability-differentiated)
-    pool_local_steps: int = 1  # fedkseed: ZO-SGD steps per client per round
-    client_weights: str = "equal"  # fedkseed: weigh clients equally, or by data size (FedKSeed's option)
     # dp-feedsign: the server's private seed; None: drawn from os.urandom. Kept in the checkpoint only (not in
     # summary.json, metrics or orbit); give one to make a DP-FeedSign run reproducible
     server_secret: int | None = None
@@ -97,32 +109,49 @@ class SimConfig(_Checked):
     seed: int = 0  # the run seed
     eval_every: int = 50  # steps between held-out evaluations
 
-    def __post_init__(self):
+    def __init__(self, **values):
+        fields = {f.name: f for f in sim_fields()}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise TypeError(f"SimConfig has no field(s) {unknown}; its fields are {sorted(fields)}")
+        for name, f in fields.items():
+            setattr(self, name, values.get(name, f.default))
         if self.lr is None:
-            self.lr = DEFAULT_LR.get(self.strategy, 1e-3)
+            self.lr = strategies.STRATEGIES[self.strategy].default_lr if self.strategy in strategies.STRATEGIES \
+                else 1e-3  # validate() refuses the unknown strategy
+
+    def __repr__(self):
+        return f"SimConfig({', '.join(f'{k}={v!r}' for k, v in dataclasses.asdict(self).items())})"
+
+    def __eq__(self, other):
+        return type(other) is SimConfig and dataclasses.asdict(self) == dataclasses.asdict(other)
+
+    def _options(self) -> dict:
+        """This run's strategy's options' values by field name."""
+        return {o.name: getattr(self, o.name) for o in strategies.STRATEGIES[self.strategy].options}
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        self._check(positive_ints=("clients", "steps", "steps_per_round", "batch", "eval_every", "pool_size",
-                                   "pool_local_steps"),
-                    positive=("lr", "eps", "byzantine_scale", "dirichlet", "deadline"), unit=("participation",),
-                    choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS,
-                                 aggregator=strategies.ZOFedSGD.AGGREGATORS,
-                                 pool_sampling=strategies.FedKSeed.SAMPLINGS, client_weights=CLIENT_WEIGHTS, dist=DISTS))
-        for name, default in (("pool_local_steps", 1), ("client_weights", "equal")):
-            if getattr(self, name) != default and self.strategy != "fedkseed":
-                self._bad(name, f"applies to strategy 'fedkseed' only (this run is {self.strategy!r})")
+        self._check(positive_ints=("clients", "steps", "steps_per_round", "batch", "eval_every"),
+                    positive=("lr", "eps", "dirichlet", "deadline"), unit=("participation",),
+                    choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS, dist=DISTS))
+        takers = _option_takers()
+        for name, (option, _) in takers.items():
+            error = option.error(getattr(self, name))
+            if error:
+                raise error
+        for name, (option, taken_by) in takers.items():
+            if getattr(self, name) != option.default and self.strategy not in taken_by:
+                which = f"strategy {taken_by[0]!r}" if len(taken_by) == 1 else \
+                    "strategies " + ", ".join(map(repr, taken_by))
+                self._bad(name, f"applies to {which} only (this run is {self.strategy!r})")
         if self.steps % self.steps_per_round:
             self._bad("steps_per_round", f"must divide steps={self.steps}")
-        if self.steps_per_round > 1 and self.strategy == "fedkseed" and self.pool_sampling == "importance":
-            self._bad("steps_per_round", "must be 1 with pool_sampling 'importance' (its probabilities change with "
-                      "each step's broadcast, so a round's later seeds are not known at its start)")
+        strategies.STRATEGIES[self.strategy].check_run(self)
         if self.server_secret is not None and not 0 <= self.server_secret < 2**64:
             self._bad("server_secret", "must be an integer in [0, 2**64)")
         if not 0 <= self.byzantine <= self.clients:
             self._bad("byzantine", f"must be an integer in [0, clients={self.clients}]")
-        if not (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon)):
-            self._bad("dp_epsilon", "must be a finite number >= 0")
         if not 0 <= self.dropout < 1:
             self._bad("dropout", "must be in [0, 1)")
         if self.quorum is not None and not 1 <= self.quorum <= self.clients:
@@ -130,20 +159,38 @@ class SimConfig(_Checked):
 
     def strategy_options(self) -> dict:
         """The options this strategy takes (what an orbit records to rebuild it)."""
-        return {"dp-feedsign": dict(epsilon=self.dp_epsilon),
-                "zo-fedsgd": dict(aggregator=self.aggregator),
-                "fedkseed": dict(pool_size=self.pool_size, sampling=self.pool_sampling,
-                                 local_steps=self.pool_local_steps)}.get(self.strategy, {})
+        return strategies.STRATEGIES[self.strategy].replay_options(self._options())
 
     def make_strategy(self, data_sizes: list[int] | None = None) -> strategies.Strategy:
         """The strategy; data_sizes (examples per client) are needed with client_weights = "data-size"."""
-        kw = dict(byzantine_scale=self.byzantine_scale) if self.strategy in ("zo-fedsgd", "fedkseed") else {}
-        if self.client_weights == "data-size":
-            if data_sizes is None:
-                raise ValueError("config field 'client_weights' = 'data-size' needs the clients' data sizes "
-                                 "(make_strategy(data_sizes=...))")
-            kw["data_sizes"] = data_sizes
-        return strategies.make(self.strategy, lr=self.lr, run_seed=self.seed, **self.strategy_options(), **kw)
+        return strategies.STRATEGIES[self.strategy].build(lr=self.lr, run_seed=self.seed, values=self._options(),
+                                                          data_sizes=data_sizes)
+
+
+_RUN_FIELDS = dict(SimConfig.__dataclass_fields__)  # SimConfig's own, before any option joins them
+
+
+def _option_takers() -> dict:
+    """option name -> (the Option, the names of the registered strategies that take it), in registry order."""
+    takers = {}
+    for name, cls in strategies.STRATEGIES.items():
+        for option in cls.options:
+            takers.setdefault(option.name, (option, []))[1].append(name)
+    return takers
+
+
+def sim_fields() -> tuple[dataclasses.Field, ...]:
+    """SimConfig's fields: the run's own, then every registered strategy's options (the registry as it is now:
+    a strategy registered later adds its options to the configs made after)."""
+    takers = _option_takers()
+    clash = sorted(set(takers) & set(_RUN_FIELDS))
+    if clash:
+        raise ValueError(f"strategy option(s) {clash} would shadow SimConfig's own field(s): rename the option")
+    options = dataclasses.make_dataclass("StrategyOptions", [  # dataclasses' own Field objects for the options
+        (name, option.type.__name__, dataclasses.field(default=option.default, metadata=dict(option=option)))
+        for name, (option, _) in takers.items()])
+    SimConfig.__dataclass_fields__ = dict(_RUN_FIELDS, **options.__dataclass_fields__)
+    return dataclasses.fields(SimConfig)
 
 
 @dataclass
@@ -212,3 +259,21 @@ class ZOWarmUpConfig(_Checked):
                 self._bad(name, "must be an integer >= 0")
         if self.rounds < 1:
             self._bad("zo_rounds", "leaves no rounds at all (warmup_rounds + zo_rounds must be >= 1)")
+
+
+def _fedmezo(task, cfg):
+    from .fedmezo import FedMeZO
+
+    return FedMeZO(task, cfg)
+
+
+def _zowarmup(task, cfg):
+    from .zowarmup import ZOWarmUp
+
+    return ZOWarmUp(task, cfg)
+
+
+# the round algorithms register here until their modules import no torch at module level (zofed.strategies)
+strategies.register_round(strategies.RoundAlgorithm("fedmezo", FedMeZOConfig, _fedmezo))
+strategies.register_round(strategies.RoundAlgorithm("zowarmup", ZOWarmUpConfig, _zowarmup))
+sim_fields()  # SimConfig's fields hold the built-in strategies' options from the start

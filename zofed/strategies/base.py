@@ -18,12 +18,36 @@ w = base + sum_k coeff_k z(seed_k). Every party calls `ops` once per step, in st
 instance (the FedKSeed pool keeps its accumulators there), so replicas, the server's catch-up state
 and an orbit replay stay in lockstep. Coefficients are computed in float64 here and rounded to
 float32 once by the kernels, identically everywhere.
+
+The registry. A strategy is one file (imported in strategies/__init__.py); its class declares everything a run
+derives from it, and nothing else names it (zofed.configs, `zofed run`, orbits, plots and tables read these):
+
+    @register
+    class MyStrategy(Strategy):
+        name = "my-strategy"   # `zofed run --strategy my-strategy`, the orbit's strategy
+        default_lr = 1e-3      # a run's lr when its config gives none
+        options = (Option("my_width", int, 4, "what it is, in one line", valid=POSITIVE_INT),)
+        #   each Option is a SimConfig field, a `zofed run --my-width` flag and TOML key with its --help line, default
+        #   and check ("config field 'my_width' must be a positive integer, got 0"); its value reaches the
+        #   constructor as keyword `my_width` (Option.keyword) and the orbit's strategy_options (Option.replay)
+        @classmethod
+        def label(cls, values): ...       # the runs' name in plots and tables (default: name)
+        @classmethod
+        def check_run(cls, config): ...   # checks across fields (FedKSeed: importance sampling needs B = 1)
+        @classmethod
+        def build(cls, *, lr, run_seed, values, data_sizes=None): ...  # what else a run needs to build it
+
+A round-based algorithm (zofed.rounds drives it) registers register_round(RoundAlgorithm(name, config, build,
+label)): its config dataclass's fields are its flags and TOML keys (their comments the --help text, validate()
+their checks), build(task, config) makes the algorithm. A module that registers imports no torch at module level
+(the protocol core stays torch-free; build may import it). run_label(config) is a run's name in plots and tables.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..seeds import step_seed, unit
 from ..wire import Message, PoolState, Scalars, SeedScalars, StepUpdates, Votes
@@ -72,6 +96,34 @@ class Strategy:
     keeps_base = False  # its replicas rebuild from the starting weights (Replica(keep_base=True))
     shared_seed = True  # every client evaluates the same seed at a step (a simulator may batch their forwards)
     local_steps = 1  # steps a client takes from the round's weights before answering
+    options: tuple[Option, ...] = ()  # its config fields, flags and TOML keys (see Option)
+    default_lr = 1e-3  # a run's lr when its config gives none
+
+    @classmethod
+    def label(cls, values: dict) -> str:
+        """Its runs' name in plots and tables; values: its options' values by field name."""
+        return cls.name
+
+    @classmethod
+    def check_run(cls, config) -> None:
+        """Raise field_error(...) if the run config's fields (its options and the run's, e.g. steps_per_round)
+        do not make a run of this strategy; each option's own check has passed."""
+
+    @classmethod
+    def replay_options(cls, values: dict) -> dict:
+        """What an orbit records (its strategy_options) to rebuild this strategy with lr and run_seed."""
+        return {o.keyword: values[o.name] for o in cls.options if o.keyword and o.replay}
+
+    @classmethod
+    def keywords(cls, values: dict) -> dict:
+        """Its constructor's keywords from its options' values (by field name)."""
+        return {o.keyword: values[o.name] for o in cls.options if o.keyword}
+
+    @classmethod
+    def build(cls, *, lr: float, run_seed: int, values: dict, data_sizes: Sequence[int] | None = None) -> Strategy:
+        """This strategy for a run whose config holds its options' `values` (by field name); data_sizes: the
+        clients' example counts, for a strategy that can weigh clients by them (FedKSeed's client_weights)."""
+        return cls(lr=lr, run_seed=run_seed, **cls.keywords(values))
 
     def __init__(self, *, lr: float, run_seed: int):
         if not (lr > 0 and math.isfinite(lr)):
@@ -81,10 +133,6 @@ class Strategy:
 
     def seed_for(self, step: int, client: int, local: int = 0) -> int:
         return step_seed(self.run_seed, step)
-
-    def config(self) -> dict:
-        """What an orbit records to rebuild this strategy (with lr and run_seed)."""
-        return {}
 
     def up(self, step: int, client: int, projection: float, byzantine: bool = False) -> Message:
         raise NotImplementedError
@@ -175,13 +223,67 @@ def _split_steps(history: Message) -> list[StepUpdates]:
     return [StepUpdates(history.first_step + i, (s,)) for i, s in enumerate(history.steps)]
 
 
-STRATEGIES: dict[str, type] = {}  # name -> class: what `zofed run --strategy` and orbits accept
+def field_error(name: str, why: str, value) -> ValueError:
+    """The error of a bad config field, in the one form every check uses: "config field 'lr' must be ..., got -1"."""
+    return ValueError(f"config field {name!r} {why}, got {value!r}")
+
+
+POSITIVE_INT = ("a positive integer", lambda v: v >= 1)
+POSITIVE = ("a positive finite number", lambda v: v > 0 and math.isfinite(v))
+NON_NEGATIVE = ("a finite number >= 0", lambda v: v >= 0 and math.isfinite(v))
+
+
+@dataclass(frozen=True)
+class Option:
+    """A config field a strategy takes: a zofed.configs.SimConfig field, the `zofed run --<name with ->` flag and
+    its --config TOML key. Every step run's config holds every registered strategy's options (a summary's config
+    has the same keys whatever the strategy); a value other than the default is refused for a strategy that does
+    not take the option."""
+
+    name: str
+    type: type  # int, float, str or bool
+    default: object
+    doc: str  # one line: what the option is (`zofed run --help`)
+    choices: tuple = ()  # the values allowed (also the flag's choices), or
+    valid: tuple | None = None  # (what a value must be, its test), e.g. POSITIVE_INT; the type is checked first
+    keyword: str | None = ""  # the strategy's constructor keyword ("": the option's name; None: build() reads it)
+    replay: bool = True  # recorded in the orbit's strategy_options: the constructor needs it to replay broadcasts
+
+    def __post_init__(self):
+        if self.type not in (int, float, str, bool) or not isinstance(self.default, self.type) or \
+                isinstance(self.default, bool) != (self.type is bool):
+            raise ValueError(f"option {self.name!r}: its type must be int, float, str or bool and its default "
+                             f"one of that type, got {self.type!r} and {self.default!r}")
+        if self.keyword == "":
+            object.__setattr__(self, "keyword", self.name)
+
+    def error(self, value) -> ValueError | None:
+        """The error naming this config field if `value` is not one it takes, else None."""
+        kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+        ok_type = isinstance(value, bool) if self.type is bool else not isinstance(value, bool) and isinstance(
+            value, (int, float) if self.type is float else self.type)
+        if not ok_type:
+            return field_error(self.name, "must be " + kinds[self.type], value)
+        if self.choices and value not in self.choices:
+            return field_error(self.name, f"must be one of {tuple(self.choices)}", value)
+        if self.valid and not self.valid[1](value):
+            return field_error(self.name, "must be " + self.valid[0], value)
+        return None
+
+
+STRATEGIES: dict[str, type] = {}  # name -> step strategy class: what `zofed run --strategy` and orbits accept
 
 
 def register(cls: type) -> type:
-    """Add a strategy class to the registry under its name (a class decorator)."""
-    if not cls.name or cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
+    """Add a step strategy class to the registry under its name (a class decorator)."""
+    if not cls.name or cls.name in ROUNDS or cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
         raise ValueError(f"a strategy needs a name of its own, got {cls.name!r}")
+    for option in cls.options:
+        for other in STRATEGIES.values():
+            theirs = {o.name: o for o in other.options}.get(option.name)
+            if theirs is not None and theirs != option and other is not cls:
+                raise ValueError(f"strategy {cls.name!r} declares option {option.name!r} otherwise than strategy "
+                                 f"{other.name!r}: one config field, one declaration (share the Option object)")
     STRATEGIES[cls.name] = cls
     return cls
 
@@ -191,3 +293,36 @@ def make(name: str, **kw) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")
     return STRATEGIES[name](**kw)
+
+
+@dataclass(frozen=True)
+class RoundAlgorithm:
+    """A round-based algorithm (FedMeZO, ZOWarmUp) as the registry knows it; zofed.rounds drives it."""
+
+    name: str  # `zofed run --strategy NAME`
+    config: type  # its config dataclass: its fields are its flags and TOML keys, its validate() their checks
+    build: Callable  # (task, config) -> the algorithm zofed.rounds.run drives; may import torch, when called
+    label: str = ""  # its name in plots and tables ("": its name)
+
+
+ROUNDS: dict[str, RoundAlgorithm] = {}  # name -> round algorithm: the other `zofed run --strategy` choices
+
+
+def register_round(algorithm: RoundAlgorithm) -> RoundAlgorithm:
+    """Add a round algorithm to the registry under its name."""
+    name = algorithm.name
+    if not name or name in STRATEGIES or name in ROUNDS and ROUNDS[name] != algorithm:
+        raise ValueError(f"a round algorithm needs a name of its own, got {name!r}")
+    ROUNDS[name] = algorithm
+    return algorithm
+
+
+def run_label(config: dict) -> str:
+    """A run's name in plots and tables, from its config (summary.json's "config", which names the strategy)."""
+    name = config["strategy"]
+    if name in ROUNDS:
+        return ROUNDS[name].label or name
+    if name not in STRATEGIES:  # a run of a strategy this installation does not register
+        return name
+    cls = STRATEGIES[name]
+    return cls.label({o.name: config.get(o.name, o.default) for o in cls.options})

@@ -7,7 +7,7 @@ import math
 from .. import aggregate as agg
 from ..seeds import step_seed
 from ..wire import Votes
-from .base import register
+from .base import NON_NEGATIVE, Option, register
 from .feedsign import FeedSign
 
 @register
@@ -17,15 +17,13 @@ class DPFeedSign(FeedSign):
     knew it could recompute the mechanism's coin and undo the privacy."""
 
     name = "dp-feedsign"
+    options = (Option("dp_epsilon", float, 1.0, "privacy budget per step", valid=NON_NEGATIVE, keyword="epsilon"),)
 
     def __init__(self, *, lr, run_seed, epsilon: float):
         super().__init__(lr=lr, run_seed=run_seed)
         if not (epsilon >= 0 and math.isfinite(epsilon)):
             raise ValueError(f"dp epsilon must be a finite number >= 0, got {epsilon}")
         self.epsilon = float(epsilon)
-
-    def config(self):
-        return {"dp_epsilon": self.epsilon}
 
     def aggregate(self, step, ups, secret=None):
         if secret is None:

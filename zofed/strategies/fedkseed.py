@@ -8,8 +8,10 @@ from collections.abc import Sequence
 
 from ..seeds import pool_seed, unit
 from ..wire import PoolState
-from .base import _PICK, _local, register
-from .zo_fedsgd import ZOFedSGD
+from .base import _PICK, POSITIVE_INT, Option, _local, field_error, register
+from .zo_fedsgd import BYZANTINE_SCALE, ZOFedSGD
+
+CLIENT_WEIGHTS = ("equal", "data-size")  # how a server weighs the clients it averages
 
 @register
 class FedKSeed(ZOFedSGD):
@@ -36,6 +38,34 @@ class FedKSeed(ZOFedSGD):
     name = "fedkseed"
     keeps_base = True
     SAMPLINGS = ("uniform", "importance")
+    options = (Option("pool_size", int, 64, "candidate seeds in the pool",
+                      valid=("an integer in [1, 65536]", lambda v: 1 <= v <= 1 << 16)),
+               Option("pool_sampling", str, "uniform", "uniform, or importance (FedKSeed's probability-differentiated)",
+                      choices=SAMPLINGS, keyword="sampling"),
+               Option("pool_local_steps", int, 1, "ZO-SGD steps per client per round", valid=POSITIVE_INT,
+                      keyword="local_steps"),
+               Option("client_weights", str, "equal", "weigh clients equally, or by data size (FedKSeed's option)",
+                      choices=CLIENT_WEIGHTS, keyword=None),
+               BYZANTINE_SCALE)
+
+    @classmethod
+    def label(cls, values):  # the pool's options stay out of a table's strategy column
+        return cls.name
+
+    @classmethod
+    def check_run(cls, config):
+        if config.steps_per_round > 1 and config.pool_sampling == "importance":
+            raise field_error("steps_per_round", "must be 1 with pool_sampling 'importance' (its probabilities change "
+                              "with each step's broadcast, so a round's later seeds are not known at its start)",
+                              config.steps_per_round)
+
+    @classmethod
+    def build(cls, *, lr, run_seed, values, data_sizes=None):
+        weighted = values["client_weights"] == "data-size"
+        if weighted and data_sizes is None:
+            raise ValueError("config field 'client_weights' = 'data-size' needs the clients' data sizes "
+                             "(make_strategy(data_sizes=...))")
+        return cls(lr=lr, run_seed=run_seed, data_sizes=data_sizes if weighted else None, **cls.keywords(values))
 
     def __init__(self, *, lr, run_seed, pool_size: int = 64, sampling: str = "uniform", rebase_every: int = 100,
                  byzantine_scale: float = 100.0, local_steps: int = 1, clip: float = 1000.0,
@@ -65,10 +95,6 @@ class FedKSeed(ZOFedSGD):
         # the pool state before the first step after the last rebuild: what a client that missed more than the
         # server's history receives, followed by the broadcasts since
         self.checkpoint = PoolState(0, self._state())
-
-    def config(self):
-        return {"pool_size": len(self.pool), "sampling": self.sampling, "rebase_every": self.rebase_every,
-                "local_steps": self.local_steps}
 
     def probabilities(self) -> list[float]:
         """Each candidate's sampling probability for the next step."""

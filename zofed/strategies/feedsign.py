@@ -13,6 +13,7 @@ class FeedSign(Strategy):
     broadcasts the majority sign (1 bit), every replica steps w -= lr * sign * z."""
 
     name = "feedsign"
+    default_lr = 4e-3  # tuned on the vader task: the size of each signed step along z
 
     def up(self, step, client, projection, byzantine=False):
         sign = 1 if projection >= 0 else -1  # a zero projection (flat loss) votes +1, as sign() >= 0 would

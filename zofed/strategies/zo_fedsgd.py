@@ -8,7 +8,11 @@ from collections.abc import Sequence
 from .. import aggregate as agg
 from ..seeds import SHARED, step_seed
 from ..wire import Scalars, SeedScalars, StepUpdates
-from .base import Strategy, _join_steps, _one, _random_projection, _split_steps, register
+from .base import POSITIVE, Option, Strategy, _join_steps, _one, _random_projection, _split_steps, register
+
+# shared by the strategies whose Byzantine clients send a random projection (one config field, one declaration)
+BYZANTINE_SCALE = Option("byzantine_scale", float, 100.0, "a Byzantine client's random projection is uniform in "
+                         "[-scale, scale] (vader: median |p| 2.3)", valid=POSITIVE, replay=False)
 
 @register
 class ZOFedSGD(Strategy):
@@ -17,7 +21,14 @@ class ZOFedSGD(Strategy):
     share the step's seed instead, upload p_k alone, and the server broadcasts the one robust scalar."""
 
     name = "zo-fedsgd"
+    default_lr = 1e-3  # tuned on the vader task, where the projection is O(1)
     AGGREGATORS = ("mean", "median", "trimmed-mean")
+    options = (Option("aggregator", str, "mean", "mean (a seed per client), median or trimmed-mean (shared seed)",
+                      choices=AGGREGATORS), BYZANTINE_SCALE)
+
+    @classmethod
+    def label(cls, values):
+        return cls.name if values["aggregator"] == "mean" else f"{cls.name} ({values['aggregator']})"
 
     def __init__(self, *, lr, run_seed, aggregator: str = "mean", trim: float = 0.2, byzantine_scale: float = 100.0):
         super().__init__(lr=lr, run_seed=run_seed)
@@ -29,9 +40,6 @@ class ZOFedSGD(Strategy):
             raise ValueError(f"byzantine_scale must be a positive finite number, got {byzantine_scale}")
         self.aggregator, self.trim, self.byzantine_scale = aggregator, float(trim), float(byzantine_scale)
         self.shared_seed = aggregator != "mean"
-
-    def config(self):
-        return {"aggregator": self.aggregator, "trim": self.trim}
 
     def seed_for(self, step, client, local=0):
         return step_seed(self.run_seed, step, SHARED if self.shared_seed else client, local)
