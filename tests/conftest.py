@@ -31,7 +31,8 @@ def device_for(backend: str) -> str:
 def torchrun(script, out: pathlib.Path, *args: str, nproc: int = 2, env: dict | None = None,
              timeout: float = 600) -> str:
     """Run `script` on nproc gloo processes (nproc=1: plain python) on 127.0.0.1, one thread each, its output
-    in out/log.txt; kill its whole process group whatever happens. Returns the log; fails with its tail."""
+    in out/log.txt; kill its whole process group whatever happens, also after a clean exit (what the script
+    started and left running). Returns the log; fails with its tail."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--master-addr", "127.0.0.1", "--master-port", str(free_port())] if nproc > 1 else [sys.executable]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), **(env or {}))
@@ -41,9 +42,11 @@ def torchrun(script, out: pathlib.Path, *args: str, nproc: int = 2, env: dict | 
         try:
             code = proc.wait(timeout=timeout)
         finally:
-            if proc.poll() is None:
+            try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            except ProcessLookupError:  # the group is empty: nothing was left behind
+                pass
+            proc.wait()
     text = (out / "log.txt").read_text()
     assert code == 0, text[-3000:]
     return text

@@ -4,41 +4,20 @@ One child process per module runs every scenario (tests/transport_torchdist_scen
 import json
 import os
 import pathlib
-import signal
-import subprocess
-import sys
+import time
 
 import pytest
+from conftest import torchrun
 
 from zofed.transports import torchdist
 
 HERE = pathlib.Path(__file__).parent
 
 
-def run_child(cmd: list[str], out: pathlib.Path, timeout: int) -> subprocess.CompletedProcess:
-    """cmd in its own process group, bounded in time; the whole group is killed whatever happens."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
-    with open(out / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            else:
-                try:  # anything it left behind
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    assert code == 0, (out / "log.txt").read_text()[-4000:]
-    return code
-
-
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory):
     out = tmp_path_factory.mktemp("torchdist")
-    run_child([sys.executable, str(HERE / "transport_torchdist_scenarios.py"), str(out)], out, timeout=400)
+    torchrun(HERE / "transport_torchdist_scenarios.py", out, str(out), nproc=1, timeout=400)
     return json.loads((out / "results.json").read_text())
 
 
@@ -73,3 +52,20 @@ def test_a_rank_that_fails_ends_the_run_with_its_error_and_every_rank_stops(scen
 def test_processes_must_be_two_or_more(processes):
     with pytest.raises(ValueError, match="--processes must be an integer >= 2"):
         torchdist.open(dict(processes=processes))
+
+
+def test_the_launcher_kills_what_its_script_left_behind(tmp_path):
+    """conftest.torchrun stops the script's whole process group even when the script itself exited cleanly
+    (a rank or a child it started and did not stop must not outlive the test)."""
+    script = tmp_path / "leaves_a_child.py"
+    script.write_text("import subprocess, sys\n"
+                      "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                      "print(child.pid)\n")
+    pid = int(torchrun(script, tmp_path, nproc=1, timeout=60).split()[-1])
+    # not our child (the script's): watch /proc until the kill lands, a bounded wait
+    for _ in range(100):
+        state = pathlib.Path(f"/proc/{pid}/stat")
+        if not state.exists() or state.read_text().split(")")[-1].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} left behind by the script is still running")
