@@ -48,6 +48,10 @@ _COS_C5: tl.constexpr = _F["COS_C5"]
 _SQRT3: tl.constexpr = _F["SQRT3"]
 _ROUNDS_V1: tl.constexpr = tl.constexpr(spec.PHILOX_ROUNDS)
 _ROUNDS_V2: tl.constexpr = tl.constexpr(spec.PHILOX_ROUNDS_V2)
+_PHILOX_M0: tl.constexpr = tl.constexpr(spec.PHILOX_ROUND_A)
+_PHILOX_M1: tl.constexpr = tl.constexpr(spec.PHILOX_ROUND_B)
+_PHILOX_W0: tl.constexpr = tl.constexpr(spec.PHILOX_KEY_A)
+_PHILOX_W1: tl.constexpr = tl.constexpr(spec.PHILOX_KEY_B)
 _GAUSS_V2_BIAS: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_BIAS)
 _GAUSS_V2_ROW: tl.constexpr = tl.constexpr(32)  # octaves per coefficient row in the table (24, padded)
 
@@ -130,7 +134,9 @@ def _gaussian_v2(a, table_ptr):
     v = ((m << 1) | 1).to(tl.float32) * _c(0x33000000)  # * 2**-25, exact
     b = v.to(tl.uint32, bitcast=True)
     c = table_ptr + ((b >> 23) - _GAUSS_V2_BIAS).to(tl.int32)
-    f = ((b & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True) - 1.0  # exact
+    # v < 0.5: sign 0 and exponent <= 125 (bit 30 clear), so or-ing in 1.0's exponent bits replaces v's
+    # exponent by 1.0's: (b & 0x7FFFFF) | 0x3F800000 in one operation with one constant. f is exact.
+    f = (b | 0x3F800000).to(tl.float32, bitcast=True) - 1.0
     y = tl.load(c + 5 * _GAUSS_V2_ROW)
     y = y * f + tl.load(c + 4 * _GAUSS_V2_ROW)
     y = y * f + tl.load(c + 3 * _GAUSS_V2_ROW)
@@ -172,12 +178,37 @@ def _tile_mask(base, e, numel, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _mul_wide(a, m: tl.constexpr):
+    """High and low words of the 64-bit product a * m. One widening multiply (IMAD.WIDE.U32) where
+    tl.philox's separate umulhi and mul cost two on NVIDIA GPUs."""
+    p = a.to(tl.uint64) * tl.full([], m, tl.uint64)
+    return (p >> 32).to(tl.uint32), p.to(tl.uint32)
+
+
+@triton.jit
+def _philox(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
+    """Philox4x32-ROUNDS (Random123's constants, the stream tl.philox gives). The key words are scalars,
+    so the Weyl key schedule runs once per program on the uniform datapath, not per element."""
+    for _ in tl.static_range(ROUNDS):
+        hi_b, lo_b = _mul_wide(c2, _PHILOX_M1)
+        hi_a, lo_a = _mul_wide(c0, _PHILOX_M0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = tl.add(k0, _PHILOX_W0, sanitize_overflow=False)
+        k1 = tl.add(k1, _PHILOX_W1, sanitize_overflow=False)
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _words(seed, key, c0, c1, tag: tl.constexpr, VERSION: tl.constexpr):
     # c1, key and tag are scalars: Philox's first round on the (c1, key) half runs once per tile
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    c2 = key.to(tl.uint32)
+    c3 = tl.full([], tag, tl.uint32)
     if VERSION == 1:
-        x0, x1, x2, x3 = tl.philox(seed, c0, c1, key.to(tl.uint32), tl.full([], tag, tl.uint32), _ROUNDS_V1)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, c3, _ROUNDS_V1)
     else:
-        x0, x1, x2, x3 = tl.philox(seed, c0, c1, key.to(tl.uint32), tl.full([], tag, tl.uint32), _ROUNDS_V2)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, c3, _ROUNDS_V2)
     return x0, x1, x2, x3
 
 
@@ -221,11 +252,17 @@ def _bf16_bits_to_f32(h):
 
 
 @triton.jit
-def _f32_to_bf16_bits(s):
+def _round_bf16(s, r, STOCHASTIC: tl.constexpr):
+    """s rounded to bfloat16, as the float32 whose low 16 bits are zero, on the integer bits in 32-bit
+    registers (no 16-bit round trip): round-to-nearest-even, or stochastic with r's high 16 bits; a NaN
+    stays a quiet NaN with its sign and high payload (reference.round_stochastic)."""
     b = s.to(tl.uint32, bitcast=True)
-    rne = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-    nan = (b >> 16) | 0x40
-    return tl.where((b & 0x7FFFFFFF) > 0x7F800000, nan, rne).to(tl.uint16)
+    if STOCHASTIC:
+        t = b + (r >> 16)
+    else:
+        t = b + 0x7FFF + ((b >> 16) & 1)
+    t = tl.where(s != s, b | 0x400000, t)
+    return (t & 0xFFFF0000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -234,13 +271,7 @@ def _round(s, r, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr):
     if DTYPE == 0:
         out = s
     elif DTYPE == 1:
-        if STOCHASTIC:
-            b = s.to(tl.uint32, bitcast=True)
-            sr = ((b + (r >> 16)) >> 16).to(tl.uint16)
-            bits = tl.where((b & 0x7FFFFFFF) > 0x7F800000, _f32_to_bf16_bits(s), sr)
-        else:
-            bits = _f32_to_bf16_bits(s)
-        out = _bf16_bits_to_f32(bits)
+        out = _round_bf16(s, r, STOCHASTIC)
     else:
         if STOCHASTIC:
             b = s.to(tl.uint32, bitcast=True)
@@ -287,17 +318,20 @@ def _max_propagating_nan(a, b):
 def _store_flagging_non_finite(ptr, w, flag, mask, DTYPE: tl.constexpr):
     """Stores w (float32 values of the parameter dtype) and flags the tensor if any stored value is
     non-finite, on the values about to be stored, so an overflow costs no pass of its own: one
-    NaN-propagating max of |w| per element (a single FMNMX) and one tile-wide max; only a tile that holds
-    a non-finite value issues an atomic, one for the whole tile."""
+    NaN-propagating max of |w| per element (a single FMNMX), taken per Philox group (the 4 elements a
+    thread holds, so no exchange between threads, no shared memory and no barrier); only a group that
+    holds a non-finite value writes the flag. Flags start at 0 and are only ever set to 1, so racing
+    plain stores of that same 1 suffice: a predicated store, where an atomic costs a warp vote and a
+    branch around it."""
     a = tl.abs(w)
     if mask is not None:  # lanes outside the tensor computed 0 + c*z, which may overflow
         a = tl.where(mask, a, 0.0)
-    largest = tl.reduce(a, None, _max_propagating_nan).to(tl.uint32, bitcast=True)
-    tl.atomic_or(flag, 1, mask=(largest & 0x7F800000) == 0x7F800000, sem="relaxed")
+    largest = tl.reduce(a, 1, _max_propagating_nan).to(tl.uint32, bitcast=True)
+    tl.store(flag + tl.zeros(largest.shape, tl.int32), 1, mask=(largest & 0x7F800000) == 0x7F800000)
     if DTYPE == 0:
         tl.store(ptr, w, mask=mask)
-    elif DTYPE == 1:
-        tl.store(ptr, _f32_to_bf16_bits(w), mask=mask)
+    elif DTYPE == 1:  # w holds bfloat16 values: their bits are its high half
+        tl.store(ptr, (w.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16), mask=mask)
     else:
         tl.store(ptr, w.to(tl.float16), mask=mask)
 
