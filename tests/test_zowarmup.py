@@ -17,6 +17,10 @@ TOY = dict(clients=10, high_fraction=0.3, warmup_rounds=3, zo_rounds=3, fo_lr=0.
            eval_every=2, seed=5)
 
 
+def _driver(task, cfg):
+    return rounds.RoundDriver(ZOWarmUp(task, cfg))
+
+
 def _flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
@@ -35,13 +39,13 @@ def test_warm_up_round_is_fedavg_of_local_sgd():
     """One high-resource client, one epoch in one batch, server FedAvg with step 1: the round is one SGD step."""
     task = toy_task()
     cfg = ZOWarmUpConfig(**dict(TOY, high_fraction=0.1, local_epochs=1, fo_batch=10_000))
-    run = ZOWarmUp(task, cfg)
-    (c,) = run.high
+    run = _driver(task, cfg)
+    (c,) = run.algo.high
     model = copy.deepcopy(task.model)
-    loss = task.losses(model, task.batch(run.parts[c])).mean()
+    loss = task.losses(model, task.batch(run.algo.parts[c])).mean()
     grads = torch.autograd.grad(loss, list(model.parameters()))
     expected = torch.cat([(p - cfg.fo_lr * g).detach().reshape(-1) for p, g in zip(model.parameters(), grads)])
-    run.step()
+    run.advance()
     # w + 1.0 * (avg - w) may differ from avg by one rounding of |w|
     torch.testing.assert_close(_flat(task.model), expected, rtol=0, atol=2 * 2.0**-24 * expected.abs().max().item())
     size = 4 * expected.numel()
@@ -61,10 +65,10 @@ def test_zo_round_estimates_the_gradient_of_the_sampled_data():
     estimates). 10 clients x 300 probes for 83 weights: fixed seeds."""
     task = toy_task()
     cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=0, zo_rounds=1, perturbations=300, eps=1e-4, tau=0.5))
-    run = ZOWarmUp(task, cfg)
-    grad = cfg.perturbations * sum(_grad(task, part) for part in run.parts)
+    run = _driver(task, cfg)
+    grad = cfg.perturbations * sum(_grad(task, part) for part in run.algo.parts)
     before = _flat(task.model)
-    run.step()
+    run.advance()
     step = _flat(task.model) - before
     cos = torch.dot(step, -grad) / (step.norm() * grad.norm())
     assert cos > 0.9, cos
@@ -84,19 +88,20 @@ def test_zo_update_transcribes_algorithm_1(zo_update, monkeypatch):
     task = toy_task()
     cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=0, zo_rounds=1, participation=0.5, zo_update=zo_update))
     model = copy.deepcopy(task.model)
-    run = ZOWarmUp(task, cfg)
+    run = _driver(task, cfg)
     got = []
-    update = ZOWarmUp._zo_update
-    monkeypatch.setattr(ZOWarmUp, "_zo_update", lambda self, pairs: (got.append(pairs), update(self, pairs)))
-    run.step()
+    update = ZOWarmUp.zo_update
+    monkeypatch.setattr(ZOWarmUp, "zo_update", lambda self, state, t, pairs: (got.append(pairs),
+                                                                              update(self, state, t, pairs)))
+    run.advance()
     ref = Replica(model, eps=cfg.eps * cfg.tau, dist="rademacher")  # perturbation eps * z = eps * tau * r
     picked = sample(cfg, 0, list(range(cfg.clients)))
     assert 1 < len(picked) < cfg.clients
-    n = sum(len(run.parts[c]) for c in picked)
+    n = sum(len(run.algo.parts[c]) for c in picked)
     expected = []
     for c in picked:
-        batch = task.batch(run.parts[c])
-        weight = 1.0 if zo_update == "sum" else len(run.parts[c]) / n / cfg.perturbations
+        batch = task.batch(run.algo.parts[c])
+        weight = 1.0 if zo_update == "sum" else len(run.algo.parts[c]) / n / cfg.perturbations
         for s in range(cfg.perturbations):
             seed = step_seed(cfg.seed, 0, c, s)
             plus, minus = ref.evaluate_pair(seed, lambda: task.losses(model, batch).mean())
@@ -116,11 +121,11 @@ def test_zowarmup_lowers_the_loss_and_baseline_leaves_low_tier_out(server_opt):
     start = task.evaluate(task.model)["loss"]
     s = rounds.run(ZOWarmUp(task, cfg), progress=False)
     assert s["final_test_loss"] < start
-    base = ZOWarmUp(toy_task(), ZOWarmUpConfig(**dict(TOY, high_res_only=True)))
-    while base.round < base.rounds:
-        assert base.step()["phase"] == "fo"
-    assert base.replica is None
-    low = [c for c in range(TOY["clients"]) if c not in base.high]
+    base = _driver(toy_task(), ZOWarmUpConfig(**dict(TOY, high_res_only=True)))
+    while base.position < base.total:
+        assert base.advance()["phase"] == "fo"
+    assert base.view.replica is None
+    low = [c for c in range(TOY["clients"]) if c not in base.algo.high]
     assert all(base.counter.client(c, d)["messages"] == 0 for c in low for d in ("up", "down"))
 
 
@@ -161,8 +166,26 @@ def test_digits_task_is_the_same_everywhere_and_seeded():
 
 def test_non_finite_loss_names_the_round_and_keeps_the_weights():
     task = toy_task()
-    run = ZOWarmUp(task, ZOWarmUpConfig(**dict(TOY, fo_lr=3e38)))
+    run = _driver(task, ZOWarmUpConfig(**dict(TOY, fo_lr=3e38)))
     before = _flat(task.model)
     with pytest.raises(FloatingPointError, match="round 0"):
-        run.step()
-    assert torch.equal(_flat(task.model), before) and run.round == 0
+        run.advance()
+    assert torch.equal(_flat(task.model), before) and run.position == 0
+
+
+def test_separate_client_replicas_end_bit_identical_to_the_shared_one():
+    """Each client on its own model (a warm-up client gets the weights when sampled, every client at the pivot,
+    the ZO broadcasts apply FedAdam on each replica): all end on the shared in-process run's weights and bytes."""
+    cfg = ZOWarmUpConfig(**dict(TOY, warmup_rounds=2, zo_rounds=2, participation=0.5, server_opt="fedadam",
+                                server_lr=0.02))
+    shared = _driver(toy_task(), cfg)
+    algo = ZOWarmUp(toy_task(), cfg)
+    separate = rounds.RoundDriver(algo, rounds.InProcRounds(algo))
+    for run in (shared, separate):
+        while run.position < run.total:
+            run.advance()
+    states = [c.state for c in separate.transport.clients.values()]
+    assert len({id(s) for s in states}) == cfg.clients
+    want = _flat(shared.task.model)
+    assert all(torch.equal(_flat(s.model), want) for s in states) and torch.equal(_flat(separate.task.model), want)
+    assert separate.counter.totals == shared.counter.totals

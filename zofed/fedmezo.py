@@ -30,14 +30,13 @@ import base64
 import math
 
 import numpy as np
-import torch
 
-from .client import Replica, dense_frame_bytes, flat_weights, from_dense, load_flat, to_dense
 from .configs import FedMeZOConfig
 from .data import dirichlet_split, iid_split
+from .rounds import Round, expect_upload
 from .seeds import step_seed
 from .strategies import Broadcasts
-from .wire import MAX_FRAME_BYTES, ByteCounter, Dense, SeedScalars, StepUpdates, decode, encode
+from .wire import MAX_FRAME_BYTES, Ask, Dense, Report, SeedScalars, StepUpdates, decode, encode
 
 
 def heterogeneity(signal: list[float]) -> list[float]:
@@ -47,109 +46,72 @@ def heterogeneity(signal: list[float]) -> list[float]:
 
 
 class FedMeZO:
-    """Runs FedMeZO on a task, one round per `step()` (zofed.rounds.run drives it with outputs and resumption).
-    `replicas`: one Replica per client (separate models, to show they agree), or one shared by all (what a
-    simulator needs: the clients' trajectories run one after another)."""
+    """FedMeZO as a round strategy (zofed.rounds drives it through a transport). Every client answers every round;
+    its request carries its learning rate eta_i (control, as before: the paper's server bookkeeping), its reply's
+    report its mean loss and the norm of its local update. The server side (requests, aggregate, conclude) is
+    torch-free: seed/scalar arithmetic, or numpy for the dense average; the client side (client_update, apply)
+    runs on a state, a zofed.client.Replica whose `step` is the round whose starting weights it holds.
+    task: the run's task (the clients' data); data_sizes give the client weights without it (a server alone)."""
 
     name = "fedmezo"
     dist = "gaussian"
 
-    def __init__(self, task, cfg: FedMeZOConfig, replicas: list[Replica] | None = None):
+    def __init__(self, task, cfg: FedMeZOConfig, data_sizes: list[int] | None = None):
         cfg.validate()
         self.task, self.cfg = task, cfg
-        self.replicas = replicas or [Replica(task.model, eps=cfg.eps)]
-        if len(self.replicas) not in (1, cfg.clients):
-            raise ValueError(f"give one replica, or one per client ({cfg.clients}), not {len(self.replicas)}")
-        labels = task.labels
-        self.parts = (iid_split(labels, cfg.clients, seed=cfg.seed) if cfg.dirichlet is None else
-                      dirichlet_split(labels, cfg.clients, cfg.dirichlet, seed=cfg.seed))
-        total = sum(len(p) for p in self.parts)
+        self.parts = None if task is None else (
+            iid_split(task.labels, cfg.clients, seed=cfg.seed) if cfg.dirichlet is None else
+            dirichlet_split(task.labels, cfg.clients, cfg.dirichlet, seed=cfg.seed))
+        sizes = data_sizes or [len(p) for p in self.parts]
         self.weights = ([1 / cfg.clients] * cfg.clients if cfg.client_weights == "equal" else
-                        [len(p) / total for p in self.parts])  # p_i
-        self.counter = ByteCounter()
-        self.max_bytes = max(MAX_FRAME_BYTES, dense_frame_bytes(self.replicas[0].params))  # what a party accepts
+                        [n / sum(sizes) for n in sizes])  # p_i
+        # what a party accepts: dense weights are bigger than the wire's default limit for a model over ~4M weights
+        self.max_bytes = MAX_FRAME_BYTES if task is None else max(MAX_FRAME_BYTES, Dense.frame_bytes(
+            sum(p.numel() for p in task.model.parameters() if p.requires_grad)))
         self.phi = [0.0] * cfg.clients
         self.loss_gaps: list[list[float]] = []
         self.lrs: list[list[float]] = []
         self.downs: list[StepUpdates] = []  # the seed-replay broadcasts: the orbit
         self.round = 0
+        self._uploads: dict = {}
         self.no_orbit = None if cfg.encoding == "seeds" else (
             "a dense FedMeZO run has no orbit: the average of the clients' weights is not a sum of seeded updates "
             "(use encoding = \"seeds\" for a bit-exact orbit)")
 
-    def replica(self, client: int) -> Replica:
-        return self.replicas[client if len(self.replicas) > 1 else 0]
+    # the server side (no torch)
 
-    def _local(self, client: int, lr: float) -> tuple[list[tuple[int, float]], float]:
-        """H MeZO steps from the replica's current weights: the (seed, projection) pairs and the mean loss."""
-        cfg, rep, task = self.cfg, self.replica(client), self.task
-        pairs, losses = [], []
-        for h in range(cfg.local_steps):
-            seed = step_seed(cfg.seed, self.round * cfg.local_steps + h, client)
-            rows = np.random.default_rng([cfg.seed, self.round, h, client]).integers(0, len(self.parts[client]),
-                                                                                     cfg.batch)
-            batch = task.batch([self.parts[client][i] for i in rows])
-            plus, minus = rep.evaluate_pair(seed, lambda: task.losses(rep.model, batch).mean())
-            g = (float(plus) - float(minus)) / (2 * cfg.eps)
-            if not math.isfinite(g):
-                raise FloatingPointError(f"non-finite loss for client {client} in round {self.round}")
-            rep.apply([("update", (seed,), (-lr * g,))])
-            pairs.append((seed, g))
-            losses.append((float(plus) + float(minus)) / 2)
-        return pairs, sum(losses) / len(losses)
-
-    @torch.no_grad()
-    def step(self) -> dict:
-        """One round; returns its record (learning rates, losses, bytes so far)."""
-        cfg = self.cfg
-        lrs = [cfg.lr * (1 + cfg.alpha * phi) for phi in self.phi]
-        start = [[p.detach().clone() for p in r.params] for r in self.replicas]
-        uploads, losses, norms = {}, [], []
-        for i in range(cfg.clients):
-            rep = self.replica(i)
-            pairs, loss = self._local(i, lrs[i])
-            losses.append(loss)
-            own = start[i if len(self.replicas) > 1 else 0]
-            norms.append(math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(rep.params, own))))
-            if cfg.encoding == "dense":
-                frame = self.counter.send(i, "up", to_dense(self.round, flat_weights(rep.params)))
-                uploads[i] = decode(frame, max_bytes=self.max_bytes)
-            else:
-                seeds, values = zip(*pairs)
-                uploads[i] = decode(self.counter.send(i, "up", SeedScalars(self.round * cfg.local_steps, seeds,
-                                                                           values)))
-            for p, s in zip(rep.params, own):  # back to S for the next client / the broadcast
-                p.copy_(s)
-        # the server: average dense weights, or broadcast every pair with its client's weight
-        if cfg.encoding == "dense":
-            flats = [from_dense(uploads[i]) for i in range(cfg.clients)]
-            avg = sum(w * f.double() for w, f in zip(self.weights, flats)).float()
-            down = to_dense(self.round, avg)
-        else:
-            down = StepUpdates(self.round, (tuple((s, -self.weights[i] * lrs[i] * g)
-                                                  for i in range(cfg.clients)
-                                                  for s, g in zip(uploads[i].seeds, uploads[i].values)),))
-        frame = encode(down)
-        for i in range(cfg.clients):
-            self.counter.count(i, "down", frame, down)
-            if len(self.replicas) > 1 or i == 0:  # a shared replica takes the broadcast once
-                self._apply(self.replica(i), decode(frame, max_bytes=self.max_bytes))
-        if cfg.encoding == "seeds":
-            self.downs.append(down)
-        global_norm = math.sqrt(sum(float((p.float() - s.float()).pow(2).sum())
-                                    for p, s in zip(self.replicas[0].params, start[0])))
-        self._personalize(losses, norms, global_norm)
+    def requests(self, t: int) -> dict[int, list]:
+        """Every client answers, at its personalized rate eta_i = eta_0 (1 + alpha * Phi_i)."""
+        lrs = [self.cfg.lr * (1 + self.cfg.alpha * phi) for phi in self.phi]
         self.lrs.append(lrs)
-        self.round += 1
-        return dict(step=self.round, loss=sum(w * x for w, x in zip(self.weights, losses)), lrs=lrs)
+        return {i: [Report(t, (lrs[i],)), Ask(t, 1)] for i in range(self.cfg.clients)}
 
-    def _apply(self, rep: Replica, down) -> None:
-        if isinstance(down, Dense):
-            load_flat(rep.params, from_dense(down))
+    def aggregate(self, t: int, uploads: dict) -> Round:
+        """Average dense weights (sum_i p_i w_i), or broadcast every client's pairs with coefficient -p_i eta_i g."""
+        cfg, lrs = self.cfg, self.lrs[-1]
+        missing = sorted(set(range(cfg.clients)) - set(uploads))
+        if missing:
+            raise RuntimeError(f"FedMeZO round {t}: clients {missing} did not answer (every client answers a round)")
+        self._uploads = uploads
+        if cfg.encoding == "dense":
+            flats = [np.frombuffer(expect_upload(uploads[i][0], Dense, t, i).data, dtype="<f4")
+                     for i in range(cfg.clients)]
+            avg = sum(w * f.astype(np.float64) for w, f in zip(self.weights, flats)).astype("<f4")
+            down = Dense(t + 1, avg.tobytes())
         else:
-            rep.apply(Broadcasts().ops(down.first_step, down))
+            ups = [expect_upload(uploads[i][0], SeedScalars, t * cfg.local_steps, i) for i in range(cfg.clients)]
+            for i, up in enumerate(ups):  # the seeds are the schedule's: a client cannot choose its directions
+                if up.seeds != tuple(step_seed(cfg.seed, t * cfg.local_steps + h, i) for h in range(cfg.local_steps)):
+                    raise ValueError(f"client {i}: its seeds are not the schedule's {cfg.local_steps} of round {t}")
+            down = StepUpdates(t, (tuple((s, -self.weights[i] * lrs[i] * g)
+                                         for i in range(cfg.clients) for s, g in zip(ups[i].seeds, ups[i].values)),))
+            self.downs.append(down)
+        return Round(down, list(range(cfg.clients)), down)
 
-    def _personalize(self, losses, norms, global_norm) -> None:
+    def conclude(self, t: int, change: float) -> dict:
+        """The round's row; the next rates' heterogeneity signal (`change`: the norm of the global update)."""
+        losses = [self._uploads[i][1][0] for i in range(self.cfg.clients)]
+        norms = [self._uploads[i][1][1] for i in range(self.cfg.clients)]
         mean = sum(w * x for w, x in zip(self.weights, losses))
         self.loss_gaps.append([x - mean for x in losses])
         if self.cfg.signal == "round-loss":
@@ -158,27 +120,98 @@ class FedMeZO:
             recent = self.loss_gaps[-5:]
             signal = [sum(r[i] for r in recent) / len(recent) for i in range(self.cfg.clients)]
         else:
-            signal = [n - global_norm for n in norms]
+            signal = [n - change for n in norms]
         self.phi = heterogeneity(signal)
+        self.round += 1
+        return dict(step=self.round, loss=mean, lrs=self.lrs[-1])
 
     def orbit_history(self) -> StepUpdates | None:
         return Broadcasts().history(0, self.downs) if self.no_orbit is None else None
 
-    def state_dict(self) -> dict:
-        if len(self.replicas) > 1:
-            raise RuntimeError("state_dict covers the shared-replica simulator; save each client's replica instead")
-        return dict(round=self.round, weights=[p.detach().clone() for p in self.replicas[0].params], phi=self.phi,
-                    loss_gaps=self.loss_gaps, lrs=self.lrs, counter=self.counter.state_dict(),
+    # the client side
+
+    def make_state(self, model):
+        from .client import Replica
+
+        return Replica(model, eps=self.cfg.eps)
+
+    def client_update(self, rep, client: int, t: int, params: tuple) -> tuple:
+        """H MeZO steps from the round's weights at rate params[0]; the upload, and (mean loss, update norm). The
+        weights are restored afterwards: the round's result arrives as the broadcast."""
+        import torch
+
+        from .client import flat_weights, to_dense
+
+        cfg, task = self.cfg, self.task
+        if rep.step != t:
+            raise ValueError(f"client {client} holds the weights of round {rep.step}, asked to answer round {t}")
+        (lr,) = params
+        start = [p.detach().clone() for p in rep.params]
+        pairs, losses = [], []
+        try:
+            with torch.no_grad():
+                for h in range(cfg.local_steps):
+                    seed = step_seed(cfg.seed, t * cfg.local_steps + h, client)
+                    rows = np.random.default_rng([cfg.seed, t, h, client]).integers(0, len(self.parts[client]),
+                                                                                    cfg.batch)
+                    batch = task.batch([self.parts[client][i] for i in rows])
+                    plus, minus = rep.evaluate_pair(seed, lambda: task.losses(rep.model, batch).mean())
+                    g = (float(plus) - float(minus)) / (2 * cfg.eps)
+                    if not math.isfinite(g):
+                        raise FloatingPointError(f"non-finite loss for client {client} in round {t}")
+                    rep.apply([("update", (seed,), (-lr * g,))])
+                    pairs.append((seed, g))
+                    losses.append((float(plus) + float(minus)) / 2)
+                norm = _distance(rep.params, start)
+                if cfg.encoding == "dense":
+                    up = to_dense(t, flat_weights(rep.params))
+                else:
+                    seeds, values = zip(*pairs)
+                    up = SeedScalars(t * cfg.local_steps, seeds, values)
+        finally:
+            with torch.no_grad():
+                for p, s in zip(rep.params, start):
+                    p.copy_(s)
+        return up, (sum(losses) / len(losses), norm)
+
+    def apply(self, rep, down) -> float | None:
+        """A round's broadcast, once per state (a shared one skips it when it comes again); the change's norm."""
+        import torch
+
+        from .client import from_dense, load_flat
+
+        t = down.first_step if isinstance(down, StepUpdates) else down.step - 1
+        if rep.step > t:
+            return None
+        if rep.step < t:
+            raise ValueError(f"the broadcast of round {t} arrived at a replica holding round {rep.step}")
+        start = [p.detach().clone() for p in rep.params]
+        with torch.no_grad():
+            if isinstance(down, Dense):
+                load_flat(rep.params, from_dense(down))
+            else:
+                rep.apply(Broadcasts().ops(t, down))
+            rep.step = t + 1
+            return _distance(rep.params, start)
+
+    # checkpoints: the global model's state and the server's
+
+    def state_dict(self, rep) -> dict:
+        return dict(round=self.round, weights=[p.detach().clone() for p in rep.params], phi=self.phi,
+                    loss_gaps=self.loss_gaps, lrs=self.lrs,
                     downs=base64.b64encode(encode(self.orbit_history())).decode() if self.downs else "")
 
-    @torch.no_grad()
-    def load_state_dict(self, state: dict) -> None:
-        for p, w in zip(self.replicas[0].params, state["weights"]):
-            p.copy_(w)
-        self.round, self.phi, self.loss_gaps, self.lrs = state["round"], state["phi"], state["loss_gaps"], state["lrs"]
-        self.counter.load_state_dict(state["counter"])
-        self.downs = Broadcasts().steps_of(decode(base64.b64decode(state["downs"]))) if state["downs"] else []
+    def load_state_dict(self, rep, state: dict) -> None:
+        import torch
 
-    def close(self) -> None:
-        for r in self.replicas:
-            r.close()
+        with torch.no_grad():
+            for p, w in zip(rep.params, state["weights"]):
+                p.copy_(w)
+        self.round, self.phi, self.loss_gaps, self.lrs = state["round"], state["phi"], state["loss_gaps"], state["lrs"]
+        rep.step = self.round
+        self.downs = list(Broadcasts().steps_of(decode(base64.b64decode(state["downs"])))) if state["downs"] else []
+
+
+def _distance(params, start) -> float:
+    """||params - start||, summed per tensor in float32 as the personalization signal always was."""
+    return math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(params, start)))

@@ -100,7 +100,10 @@ class InProc(Transport):
     ZO-FedSGD / FedKSeed run holds the same weights at the same step, so one model serves all clients, each
     applying a step's broadcast once (zofed.client.Replica.advance), and where the task's losses are batch
     invariant a shared-seed round runs all its clients' batches through one forward (answer_together); both
-    tested bit-identical against separate replicas (tests/test_transport_inproc.py)."""
+    tested bit-identical against separate replicas (tests/test_transport_inproc.py). max_bytes: the largest frame
+    it counts (more than wire.MAX_FRAME_BYTES where dense weights travel: zofed.rounds.InProcRounds)."""
+
+    max_bytes = MAX_FRAME_BYTES
 
     def __init__(self, task=None, *, shared: bool = True, replica=None):
         self.counter = ByteCounter()
@@ -114,10 +117,10 @@ class InProc(Transport):
 
     def exchange(self, requests, *, quorum=None, deadline_s=None):
         for c, request in requests.items():
-            count_frames(self.counter, c, "down", request)
+            count_frames(self.counter, c, "down", request, self.max_bytes)
         replies = self._together(requests) or {c: self.clients[c].handle(r) for c, r in requests.items()}
         for c, reply in replies.items():
-            count_frames(self.counter, c, "up", reply)
+            count_frames(self.counter, c, "up", reply, self.max_bytes)
         return replies
 
     def _together(self, requests) -> dict | None:

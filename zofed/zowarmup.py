@@ -20,6 +20,13 @@ every round is a first-order round of the high-resource tier.
 
 Everything random is hashed from (seed, round, client), so a run resumed from `state_dict` continues
 bit-identically. A run has no orbit: the warm-up's dense averages are not a sum of seeds.
+
+As a round strategy (zofed.rounds drives it through a transport): a warm-up round sends each sampled client the
+global weights (Dense) with its Ask, and the server keeps the new weights (the clients receive them when next
+sampled, or at the pivot); a ZO round's Ask goes to the sampled clients, its broadcast to every client, whose
+state applies it with the server optimizer (FedAdam's moments live on each replica in the ZO phase). The ZO
+rounds' server side is seed/scalar arithmetic; the warm-up's holds the dense weights and steps them with torch
+(the pinned bits are torch's FedAdam arithmetic, which a numpy rewrite would not reproduce).
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ import math
 import numpy as np
 import torch
 
-from .client import Replica, dense_frame_bytes, flat_weights, from_dense, load_flat, to_dense
+from .client import Replica, flat_weights, from_dense, load_flat, to_dense
 from .configs import ZOWarmUpConfig
 from .data import dirichlet_split, iid_split
+from .rounds import Round, expect_upload
 from .seeds import step_seed, unit
-from .wire import MAX_FRAME_BYTES, ByteCounter, Scalars, StepUpdates, decode
+from .wire import MAX_FRAME_BYTES, Ask, Dense, Scalars, StepUpdates
 
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-3)  # FedAdam's moments and adaptivity (Reddi et al.'s tau)
 _TIER, _SAMPLE = 0x71E2, 0x5A3
@@ -52,26 +60,61 @@ def sample(cfg: ZOWarmUpConfig, t: int, eligible: list[int]) -> list[int]:
     return picked or [min(eligible, key=draws.get)]
 
 
+def server_step(cfg: ZOWarmUpConfig, moments: list | None, w: torch.Tensor, delta: torch.Tensor):
+    """The server optimizer on a pseudo-gradient `delta` (the change the clients propose): the new weights, and
+    FedAdam's (m, v) (made on first use, updated in place)."""
+    if cfg.server_opt == "fedavg":
+        return w + cfg.server_lr * delta, moments
+    if moments is None:
+        moments = [torch.zeros_like(w), torch.zeros_like(w)]
+    m, v = moments
+    m.mul_(ADAM["beta1"]).add_(delta, alpha=1 - ADAM["beta1"])
+    v.mul_(ADAM["beta2"]).addcmul_(delta, delta, value=1 - ADAM["beta2"])
+    return w + cfg.server_lr * m / (v.sqrt() + ADAM["eps"]), moments
+
+
+class State:
+    """A client's (or the global model's) side: the trainable parameters, the Replica of the ZO rounds' seeded
+    perturbations (made at the first ZO round, so the warm-up runs plain autograd), FedAdam's moments of the ZO
+    phase, and `round`: the round whose starting weights it holds."""
+
+    def __init__(self, model, cfg: ZOWarmUpConfig):
+        self.model, self.cfg = model, cfg
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.replica: Replica | None = None
+        self.adam: list | None = None
+        self.round = 0
+
+    def zo(self) -> Replica:
+        if self.replica is None:
+            self.replica = Replica(self.model, eps=self.cfg.eps * self.cfg.tau, dist="rademacher")  # w +- eps tau r
+        return self.replica
+
+    def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+
+
 class ZOWarmUp:
-    """Runs ZOWarmUp (or its High-Res-Only baseline) on a task, one round per `step()`; the simulator keeps
-    one model, as every client holds the same global weights at the start of a round."""
+    """ZOWarmUp (or its High-Res-Only baseline) as a round strategy; see the module docstring."""
 
     name = "zowarmup"
+    dist = "rademacher"
     no_orbit = ("a ZOWarmUp run has no orbit: its warm-up rounds average dense first-order weights, which are not "
                 "a sum of seeded updates")
 
     def __init__(self, task, cfg: ZOWarmUpConfig):
         cfg.validate()
         self.task, self.cfg = task, cfg
-        self.params = [p for p in task.model.parameters() if p.requires_grad]
         self.parts = (iid_split(task.labels, cfg.clients, seed=cfg.seed) if cfg.dirichlet is None else
                       dirichlet_split(task.labels, cfg.clients, cfg.dirichlet, seed=cfg.seed, min_size=1))
         self.high = high_tier(cfg)
-        self.counter = ByteCounter()
-        self.max_bytes = max(MAX_FRAME_BYTES, dense_frame_bytes(self.params))  # what a party accepts (dense weights)
-        self.adam: list[torch.Tensor] | None = None  # FedAdam's (m, v), flat
-        self.replica: Replica | None = None  # made at the pivot: the ZO rounds' seeded perturbations
+        self.w = flat_weights(p for p in task.model.parameters() if p.requires_grad)  # the server's, in the warm-up
+        self.max_bytes = max(MAX_FRAME_BYTES, Dense.frame_bytes(self.w.numel()))  # what a party accepts
+        self.adam: list | None = None  # the server's FedAdam (m, v) of the warm-up, flat
         self.round = 0
+        self._picked: list[int] = []
+        self._loss = 0.0
 
     @property
     def rounds(self) -> int:
@@ -80,120 +123,148 @@ class ZOWarmUp:
     def phase(self, t: int) -> str:
         return "fo" if self.cfg.high_res_only or t < self.cfg.warmup_rounds else "zo"
 
-    def step(self) -> dict:
-        t = self.round
-        if self.phase(t) == "fo":
-            loss, picked = self._fo_round(t)
-        else:
-            loss, picked = self._zo_round(t)
-        self.round += 1
-        return dict(step=self.round, loss=loss, answered=len(picked), phase=self.phase(t))
+    # the server side
 
-    def _exchange(self, client: int, direction: str, msg):
-        """msg as it arrives at the other end: encoded, counted, decoded."""
-        return decode(self.counter.send(client, direction, msg), max_bytes=self.max_bytes)
-
-    def _server_step(self, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """The server optimizer on a pseudo-gradient `delta` (the change the clients propose)."""
-        if self.cfg.server_opt == "fedavg":
-            return w + self.cfg.server_lr * delta
-        if self.adam is None:
-            self.adam = [torch.zeros_like(w), torch.zeros_like(w)]
-        m, v = self.adam
-        m.mul_(ADAM["beta1"]).add_(delta, alpha=1 - ADAM["beta1"])
-        v.mul_(ADAM["beta2"]).addcmul_(delta, delta, value=1 - ADAM["beta2"])
-        return w + self.cfg.server_lr * m / (v.sqrt() + ADAM["eps"])
-
-    def _fo_round(self, t: int) -> tuple[float, list[int]]:
+    def requests(self, t: int) -> dict[int, list]:
         cfg = self.cfg
-        picked = sample(cfg, t, self.high)
-        w = flat_weights(self.params).clone()
-        uploads, sizes, losses = [], [], []
-        for c in picked:
-            start = self._exchange(c, "down", to_dense(t, w))
-            load_flat(self.params, from_dense(start))
-            losses.append(self._local_sgd(t, c))
-            if not math.isfinite(losses[-1]):
-                load_flat(self.params, w)
-                raise FloatingPointError(f"non-finite loss for client {c} in round {t}; the weights were left "
-                                         "as the round began (lower fo_lr)")
-            uploads.append(from_dense(self._exchange(c, "up", to_dense(t, flat_weights(self.params)))))
-            sizes.append(len(self.parts[c]))
-        avg = sum(s / sum(sizes) * u.double() for s, u in zip(sizes, uploads)).float()
-        load_flat(self.params, self._server_step(w, avg - w))
-        return sum(losses) / len(losses), picked
-
-    def _local_sgd(self, t: int, c: int) -> float:
-        cfg, task, model = self.cfg, self.task, self.task.model
-        rows, losses = self.parts[c], []
-        for e in range(cfg.local_epochs):
-            order = np.random.default_rng([cfg.seed, t, c, e]).permutation(len(rows))
-            for i in range(0, len(rows), cfg.fo_batch):
-                loss = task.losses(model, task.batch([rows[j] for j in order[i:i + cfg.fo_batch]])).mean()
-                grads = torch.autograd.grad(loss, self.params)
-                with torch.no_grad():
-                    for p, g in zip(self.params, grads):
-                        p.sub_(cfg.fo_lr * g)
-                losses.append(float(loss.detach()))
-        return sum(losses) / len(losses)
-
-    @torch.no_grad()
-    def _zo_round(self, t: int) -> tuple[float, list[int]]:
-        cfg, task = self.cfg, self.task
-        if self.replica is None:
-            self.replica = Replica(task.model, eps=cfg.eps * cfg.tau, dist="rademacher")  # w +- eps * (tau r)
+        if self.phase(t) == "fo":
+            self._picked = sample(cfg, t, self.high)
+            start = to_dense(t, self.w)
+            return {c: [start, Ask(t, 1)] for c in self._picked}
+        self._picked = sample(cfg, t, list(range(cfg.clients)))
+        asks = {c: [Ask(t, 1)] for c in self._picked}
         if t == cfg.warmup_rounds:  # the pivot: every client receives the warmed-up weights once
-            pivot = to_dense(t, flat_weights(self.params))
-            for c in range(cfg.clients):
-                self._exchange(c, "down", pivot)
-        picked = sample(cfg, t, list(range(cfg.clients)))
-        n = sum(len(self.parts[c]) for c in picked)
-        pairs, losses = [], []
-        for c in picked:
-            batch = task.batch(self.parts[c])
-            seeds = [step_seed(cfg.seed, t, c, s) for s in range(cfg.perturbations)]
-            diffs = []
-            for seed in seeds:
-                plus, minus = self.replica.evaluate_pair(seed, lambda: task.losses(task.model, batch).mean())
-                if not (math.isfinite(float(plus)) and math.isfinite(float(minus))):
-                    raise FloatingPointError(f"non-finite loss for client {c} in round {t}; weights unchanged")
-                diffs.append(float(plus) - float(minus))
-                losses.append((float(plus) + float(minus)) / 2)
-            up = self._exchange(c, "up", Scalars(t, tuple(diffs)))
+            pivot = to_dense(t, self.w)
+            return {c: [pivot] + asks.get(c, []) for c in range(cfg.clients)}
+        return asks
+
+    def aggregate(self, t: int, uploads: dict) -> Round:
+        cfg = self.cfg
+        missing = sorted(set(self._picked) - set(uploads))
+        if missing:
+            raise RuntimeError(f"ZOWarmUp round {t}: sampled clients {missing} did not answer")
+        losses = [x for c in self._picked for x in uploads[c][1]]
+        self._loss = sum(losses) / len(losses)
+        if self.phase(t) == "fo":
+            sizes = [len(self.parts[c]) for c in self._picked]
+            flats = [from_dense(expect_upload(uploads[c][0], Dense, t, c)) for c in self._picked]
+            avg = sum(s / sum(sizes) * u.double() for s, u in zip(sizes, flats)).float()
+            self.w, self.adam = server_step(cfg, self.adam, self.w, avg - self.w)
+            return Round(None, [], to_dense(t + 1, self.w))
+        n = sum(len(self.parts[c]) for c in self._picked)
+        pairs = []
+        for c in self._picked:
+            up = expect_upload(uploads[c][0], Scalars, t, c)
+            if len(up.values) != cfg.perturbations:
+                raise ValueError(f"client {c}: {len(up.values)} differences, round {t} asked {cfg.perturbations}")
             share = 1.0 if cfg.zo_update == "sum" else len(self.parts[c]) / n / cfg.perturbations
-            pairs += [(s, share * cfg.tau * d / (2 * cfg.eps)) for s, d in zip(seeds, up.values)]
+            pairs += [(step_seed(cfg.seed, t, c, s), share * cfg.tau * d / (2 * cfg.eps))
+                      for s, d in enumerate(up.values)]
         down = StepUpdates(t, (tuple(pairs),))
-        for c in range(cfg.clients):  # every client, sampled or not, applies the gathered list
-            received = self._exchange(c, "down", down)
-        self._zo_update(received.steps[0])
-        return sum(losses) / len(losses), picked
+        return Round(down, list(range(cfg.clients)), down)  # every client, sampled or not, applies it
 
-    def _zo_update(self, pairs) -> None:
-        seeds = tuple(s for s, _ in pairs)
-        if self.cfg.server_opt == "fedavg":
-            k = -self.cfg.server_lr * self.cfg.zo_lr
-            self.replica.apply([("update", seeds, tuple(k * g for _, g in pairs))])
-            return
-        w = flat_weights(self.params).clone()
-        if self.round == self.cfg.warmup_rounds:
-            self.adam = None
-        self.replica.apply([("update", seeds, tuple(-self.cfg.zo_lr * g for _, g in pairs))])
-        delta = flat_weights(self.params) - w
-        load_flat(self.params, self._server_step(w, delta))
-
-    def state_dict(self) -> dict:
-        return dict(round=self.round, weights=flat_weights(self.params).clone(), adam=self.adam,
-                    counter=self.counter.state_dict())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_flat(self.params, state["weights"])
-        self.adam = state["adam"]
-        self.counter.load_state_dict(state["counter"])
-        self.round = state["round"]
+    def conclude(self, t: int, change) -> dict:
+        self.round += 1
+        return dict(step=self.round, loss=self._loss, answered=len(self._picked), phase=self.phase(t))
 
     def orbit_history(self) -> None:
         return None
 
-    def close(self) -> None:
-        if self.replica is not None:
-            self.replica.close()
+    # the client side
+
+    def make_state(self, model) -> State:
+        return State(model, self.cfg)
+
+    def client_update(self, state: State, c: int, t: int, params: tuple) -> tuple:
+        if state.round != t:
+            raise ValueError(f"client {c} holds the weights of round {state.round}, asked to answer round {t}")
+        return self._local_sgd(state, t, c) if self.phase(t) == "fo" else self._probes(state, t, c)
+
+    def _local_sgd(self, state: State, t: int, c: int) -> tuple:
+        """`local_epochs` of SGD from the round's weights: the trained weights (Dense) and the mean loss. The state
+        is left as the round began (the round's result arrives later)."""
+        cfg, task = self.cfg, self.task
+        w = flat_weights(state.params).clone()
+        rows, losses = self.parts[c], []
+        try:
+            for e in range(cfg.local_epochs):
+                order = np.random.default_rng([cfg.seed, t, c, e]).permutation(len(rows))
+                for i in range(0, len(rows), cfg.fo_batch):
+                    loss = task.losses(state.model, task.batch([rows[j] for j in order[i:i + cfg.fo_batch]])).mean()
+                    grads = torch.autograd.grad(loss, state.params)
+                    with torch.no_grad():
+                        for p, g in zip(state.params, grads):
+                            p.sub_(cfg.fo_lr * g)
+                    losses.append(float(loss.detach()))
+            mean = sum(losses) / len(losses)
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"non-finite loss for client {c} in round {t}; the weights were left as "
+                                         "the round began (lower fo_lr)")
+            return to_dense(t, flat_weights(state.params)), (mean,)
+        finally:
+            load_flat(state.params, w)
+
+    @torch.no_grad()
+    def _probes(self, state: State, t: int, c: int) -> tuple:
+        """S probes on the client's whole data: the differences L(w + eps z) - L(w - eps z), and their losses."""
+        task, rep = self.task, state.zo()
+        batch = task.batch(self.parts[c])
+        diffs, losses = [], []
+        for s in range(self.cfg.perturbations):
+            plus, minus = rep.evaluate_pair(step_seed(self.cfg.seed, t, c, s),
+                                            lambda: task.losses(state.model, batch).mean())
+            if not (math.isfinite(float(plus)) and math.isfinite(float(minus))):
+                raise FloatingPointError(f"non-finite loss for client {c} in round {t}; weights unchanged")
+            diffs.append(float(plus) - float(minus))
+            losses.append((float(plus) + float(minus)) / 2)
+        return Scalars(t, tuple(diffs)), losses
+
+    def apply(self, state: State, msg) -> None:
+        """Global weights (Dense: the weights at the start of round msg.step), or a ZO round's broadcast, applied
+        once per state with the server optimizer."""
+        if isinstance(msg, Dense):
+            load_flat(state.params, from_dense(msg))
+            state.round = msg.step
+            return
+        t = msg.first_step
+        if state.round > t:
+            return
+        if state.round < t:
+            raise ValueError(f"the broadcast of round {t} arrived at a client holding round {state.round}")
+        self.zo_update(state, t, msg.steps[0])
+        state.round = t + 1
+
+    @torch.no_grad()
+    def zo_update(self, state: State, t: int, pairs) -> None:
+        """w -= server_lr * zo_lr * g (FedAvg), or FedAdam on the pseudo-gradient -zo_lr * g, its moments restarted
+        at the pivot (the low-resource clients never saw the warm-up's)."""
+        cfg, rep = self.cfg, state.zo()
+        seeds = tuple(s for s, _ in pairs)
+        if cfg.server_opt == "fedavg":
+            k = -cfg.server_lr * cfg.zo_lr
+            rep.apply([("update", seeds, tuple(k * g for _, g in pairs))])
+            return
+        w = flat_weights(state.params).clone()
+        if t == cfg.warmup_rounds:
+            state.adam = None
+        rep.apply([("update", seeds, tuple(-cfg.zo_lr * g for _, g in pairs))])
+        new, state.adam = server_step(cfg, state.adam, w, flat_weights(state.params) - w)
+        load_flat(state.params, new)
+
+    # checkpoints: the global model's state and the server's (FedAdam's moments: the server's up to the pivot,
+    # the replicas' after it)
+
+    def state_dict(self, state: State) -> dict:
+        server_moments = self.cfg.high_res_only or self.round <= self.cfg.warmup_rounds
+        return dict(round=self.round, weights=flat_weights(state.params).clone(),
+                    adam=self.adam if server_moments else state.adam)
+
+    def load_state_dict(self, state: State, saved: dict) -> None:
+        load_flat(state.params, saved["weights"])
+        self.round = state.round = saved["round"]
+        self.w = saved["weights"].clone()
+        if self.cfg.high_res_only or self.round <= self.cfg.warmup_rounds:
+            self.adam = saved["adam"]
+        else:
+            state.adam = saved["adam"]
+
