@@ -10,8 +10,9 @@ A round algorithm is three separately callable steps and no wire:
         -> (upload Message, report values)    its upload and the statistics the server's bookkeeping uses
     aggregate(t, uploads) -> Round            the server: {client: (upload, report)} -> the round's broadcast,
                                               its recipients, and the model message the global model follows
-    apply(state, msg) -> float                a replica applies a broadcast; the norm of the change it made
-    conclude(t, change) -> row                the server closes the round (the global change: FedMeZO's signal)
+    apply(state, msg) -> change               a replica applies a broadcast or model message; FedMeZO returns the
+                                              norm of the change it made (its "update" signal), ZOWarmUp None
+    conclude(t, change) -> row                the server closes the round, told the global model's change
 plus make_state(model), state_dict(view) / load_state_dict(view, state), orbit_history(), no_orbit, dist,
 max_bytes, cfg, task, name, round. The driver moves the frames: encoding, decoding, the frame-size limit and
 the byte accounting happen in the transport (zofed.transport), so an algorithm's byte figures are those of the
