@@ -7,6 +7,8 @@ import argparse
 import json
 import pathlib
 
+from zofed.strategies import run_label
+
 
 def row(folder: pathlib.Path) -> dict:
     s = json.loads((folder / "summary.json").read_text())
@@ -14,9 +16,7 @@ def row(folder: pathlib.Path) -> dict:
     setting = "iid" if c["dirichlet"] is None else f"Dirichlet {c['dirichlet']} ({c['convention']})"
     if c["byzantine"]:
         setting += f", {c['byzantine']} Byzantine of {c['clients']}"
-    name = c["strategy"] + (f" ({c['aggregator']})" if c["strategy"] == "zo-fedsgd" and c["aggregator"] != "mean"
-                            else "")
-    return dict(run=folder.name, strategy=name, setting=setting, seed=c["seed"], steps=s["steps"],
+    return dict(run=folder.name, strategy=run_label(c), setting=setting, seed=c["seed"], steps=s["steps"],
                 initial=100 * s["initial_accuracy"], final=100 * s["final_accuracy"],
                 up_bits_per_step=s["payload_bits_up_per_client_per_step"],
                 down_bits_per_step=s["payload_bits_down_per_client_per_step"],

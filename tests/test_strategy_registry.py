@@ -4,6 +4,7 @@ orbit, and names its runs in plots and tables."""
 
 import contextlib
 import io
+import pathlib
 
 import pytest
 
@@ -77,6 +78,42 @@ def test_a_strategy_option_is_a_config_field_with_its_default_and_check(stride):
     with pytest.raises(ValueError, match=r"'stride' applies to strategy 'toy-stride' only \(this run is 'feedsign'\)"):
         configs.SimConfig(strategy="feedsign", stride=3).validate()
     assert strategies.run_label(dict(strategy="toy-stride", stride=5)) == "stride x5"
+
+
+def test_a_strategy_option_is_a_flag_with_help_and_reaches_the_orbit_and_the_labels(stride, tmp_path, monkeypatch):
+    import sys
+
+    from zofed import orbit, plots
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    help_text = " ".join(out.getvalue().split())  # argparse wraps lines
+    assert "--stride STRIDE how many signed steps each vote moves (default: 2; only toy-stride)" in help_text
+    toml = tmp_path / "run.toml"
+    toml.write_text('strategy = "toy-stride"\nstride = 4\n')
+    assert cli._run_options(cli._parser().parse_args(["run", "--config", str(toml), "--out", "x"]))["stride"] == 4
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["run", "--task", "toy", "--strategy", "toy-stride", "--stride", "0", "--out",
+                         str(tmp_path / "bad")]) == 2
+    assert err.getvalue() == "zofed: error: config field 'stride' must be a positive integer, got 0\n"
+    titles = []
+    real_plot_run = plots.plot_run
+    monkeypatch.setattr(plots, "plot_run", lambda rows, out, title="": titles.append(title) or real_plot_run(
+        rows, out, title))
+    run = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["run", "--task", "toy", "--strategy", "toy-stride", "--stride", "3", "--clients", "3",
+                         "--steps", "4", "--batch", "8", "--eval-every", "2", "--no-progress", "--out", str(run)]) == 0
+    recorded = orbit.load(str(run / "orbit"))
+    assert recorded.config["strategy_options"] == dict(stride=3) and recorded.config["lr"] == 0.03
+    assert orbit.replay(recorded, tasks.build("toy")) is not None  # rebuilt with stride 3: the final sha256 checks
+    assert titles == ["stride x3, 3 clients"]
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    import fed_table
+
+    assert fed_table.row(run)["strategy"] == "stride x3"
 
 
 def test_options_leave_with_their_strategy(stride):

@@ -20,32 +20,30 @@ import sys
 import textwrap
 import tokenize
 
-from . import strategies
-from .configs import FedMeZOConfig, SimConfig, ZOWarmUpConfig
-from .transport import TRANSPORTS, open_transport
+from . import configs, strategies
+from .configs import SimConfig
 from .orbit import MAX_BYTES as MAX_ORBIT_BYTES
 from .orbit import OrbitError
+from .transport import TRANSPORTS, open_transport
 
-# the round-based algorithms (zofed.rounds drives them), beside the step strategies (zofed.sim)
-ROUND_CONFIGS = {"fedmezo": FedMeZOConfig, "zowarmup": ZOWarmUpConfig}
+STEP = "the step strategies"  # who takes SimConfig's own fields
 
 
 def strategy_names() -> list[str]:
-    """The registry's step strategies (as registered when asked) and the round-based algorithms."""
-    return sorted(strategies.STRATEGIES) + sorted(ROUND_CONFIGS)
+    """The registry's step strategies (zofed.sim runs them) and round-based algorithms (zofed.rounds), as
+    registered when asked."""
+    return sorted(strategies.STRATEGIES) + sorted(strategies.ROUNDS)
 
 
 # options of `zofed run` that are not config fields, with their defaults (None: the task's or strategy's own)
 RUN_OPTIONS = dict(task=None, model=None, lora_rank=None, threads=None, out=None, transport="inproc", processes=None)
-RUN_HELP = dict(task="vader or digits (default: digits for zowarmup, else vader)",
+RUN_HELP = dict(task="vader or digits",  # and the defaults, from the registry (_parser)
                 transport=f"how frames travel between the server and the clients: {', '.join(TRANSPORTS)} (default: "
                 "inproc, every client in this process; the step strategies only)",
                 processes="torchdist: processes, the server's and the clients' (default: 2)",
                 model="vader: the pretrained model (default: the task's)",
                 lora_rank="vader: LoRA rank, 0 for no adapters (default: the task's)",
                 threads="torch CPU threads (default: torch's)", out="the run folder (required, here or in the config)")
-# the configs whose fields are flags, and the strategies that take each one's fields
-CONFIGS = {SimConfig: "the step strategies", **{cls: name for name, cls in ROUND_CONFIGS.items()}}
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -86,28 +84,52 @@ def _choices(cls, name: str) -> tuple:
     return ()
 
 
+def _takers() -> dict:
+    """field name -> who takes it, in order: (who, the strategies that covers, type, doc, default, choices) for
+    SimConfig's own fields (the step strategies), each strategy option (its strategies) and each round
+    algorithm's config field."""
+    out = {}
+
+    def add(name, who, covers, kind, doc, default, choices):
+        out.setdefault(name, []).append((who, set(covers), kind, doc, default, choices))
+
+    docs, takers = _field_docs(SimConfig), configs.option_takers()
+    for f in configs.sim_fields():
+        option = f.metadata.get("option")
+        if option is None:
+            kind = f.type.split(" |")[0]
+            add(f.name, STEP, strategies.STRATEGIES, kind, docs.get(f.name), f.default,
+                _choices(SimConfig, f.name) if kind == "str" and f.name != "strategy" else ())
+        else:
+            names = takers[f.name][1]
+            add(f.name, " and ".join(names), names, option.type.__name__, option.doc, option.default, option.choices)
+    for name, algorithm in strategies.ROUNDS.items():
+        docs = _field_docs(algorithm.config)
+        for f in dataclasses.fields(algorithm.config):
+            kind = f.type.split(" |")[0]
+            add(f.name, name, (name,), kind, docs.get(f.name), f.default,
+                _choices(algorithm.config, f.name) if kind == "str" else ())
+    return out
+
+
 def _fields() -> dict:
     """name -> (type, help) for every config field of every strategy; the help says what the field is (in each
     config that documents it), its choices, its default and, unless every strategy takes it, which do."""
-    owners = {}
-    for cls in CONFIGS:
-        for f in dataclasses.fields(cls):
-            owners.setdefault(f.name, []).append((cls, f))
+    everyone = set(strategy_names())
     out = {}
-    for name, taken in owners.items():
-        kind = taken[0][1].type.split(" |")[0]
-        docs = {cls: _field_docs(cls).get(name) for cls, _ in taken}
-        doc = "; ".join(d if i == 0 else f"{CONFIGS[cls]}: {d}" for i, (cls, d) in enumerate(docs.items())
-                        if d and d not in list(docs.values())[:i])
-        choices = [] if name == "strategy" else \
-            list(dict.fromkeys(c for cls, _ in taken if kind == "str" for c in _choices(cls, name)))  # argparse's
-        defaults = [("the strategy's" if name == "lr" else "iid" if name == "dirichlet" and f.default is None
-                     else f.default, cls) for cls, f in taken]
-        shown = f"default: {defaults[0][0]}" + "".join(f", {CONFIGS[cls]}: {d}" for d, cls in defaults[1:]
+    for name, taken in _takers().items():
+        kind = taken[0][2]
+        docs = [(who, doc) for who, _, _, doc, _, _ in taken]
+        doc = "; ".join(d if i == 0 else f"{who}: {d}" for i, (who, d) in enumerate(docs)
+                        if d and d not in [d for _, d in docs[:i]])
+        choices = list(dict.fromkeys(c for *_, cs in taken for c in cs))  # argparse's
+        defaults = [("the strategy's" if name == "lr" else "iid" if name == "dirichlet" and default is None
+                     else default, who) for who, _, _, _, default, _ in taken]
+        shown = f"default: {defaults[0][0]}" + "".join(f", {who}: {d}" for d, who in defaults[1:]
                                                          if d != defaults[0][0])
         notes = ([f"one of {', '.join(choices)}"] if choices else []) + [shown]
-        if len(taken) < len(CONFIGS) and name != "strategy":
-            notes.append("only " + " and ".join(CONFIGS[cls] for cls, _ in taken))
+        if set().union(*(covers for _, covers, *_ in taken)) != everyone:
+            notes.append("only " + " and ".join(who for who, *_ in taken))
         out[name] = (kind, f"{doc} ({'; '.join(notes)})".strip())
     return out
 
@@ -120,10 +142,12 @@ def _parser() -> argparse.ArgumentParser:
                        description="Flags override the --config file, which overrides the defaults. Run again "
                        "with the same options to resume an interrupted run. The step strategies ("
                        f"{', '.join(sorted(strategies.STRATEGIES))}) and the round-based ones "
-                       f"({', '.join(ROUND_CONFIGS)}) take their own fields.")
+                       f"({', '.join(sorted(strategies.ROUNDS))}) take their own fields.")
     r.add_argument("--config", help="a TOML file of these options (keys as here, - or _)")
+    tasks = "".join(f", {name}: {a.task}" for name, a in sorted(strategies.ROUNDS.items()) if a.task != "vader")
+    run_help = dict(RUN_HELP, task=f"{RUN_HELP['task']} (default: vader{tasks})")
     for name, (kind, text) in list(_fields().items()) + [
-            (k, ("int" if k in ("lora_rank", "threads", "processes") else "str", RUN_HELP[k])) for k in RUN_OPTIONS]:
+            (k, ("int" if k in ("lora_rank", "threads", "processes") else "str", run_help[k])) for k in RUN_OPTIONS]:
         kw = dict(action=argparse.BooleanOptionalAction) if kind == "bool" else dict(type=_TYPES[kind])
         if name in ("strategy", "transport"):
             kw["choices"] = strategy_names() if name == "strategy" else TRANSPORTS
@@ -179,7 +203,11 @@ def _load_config(path: str) -> dict:
 
 
 def config_class(strategy: str):
-    return ROUND_CONFIGS.get(strategy, SimConfig)
+    return strategies.ROUNDS[strategy].config if strategy in strategies.ROUNDS else SimConfig
+
+
+def _config_fields(cls) -> set[str]:
+    return {f.name for f in (configs.sim_fields() if cls is SimConfig else dataclasses.fields(cls))}
 
 
 def _run_options(args) -> dict:
@@ -191,12 +219,12 @@ def _run_options(args) -> dict:
     strategy = merged.get("strategy", "feedsign")
     if strategy not in strategy_names():
         raise ValueError(f"config field 'strategy' must be one of {tuple(strategy_names())}, got {strategy!r}")
-    takes = set(config_class(strategy).__dataclass_fields__) | set(RUN_OPTIONS) | {"strategy"}
+    takes = _config_fields(config_class(strategy)) | set(RUN_OPTIONS) | {"strategy"}
     for name in merged:
         if name not in takes:
             raise ValueError(f"config field {name!r} does not apply to strategy {strategy!r}")
     if merged["task"] is None:
-        merged["task"] = "digits" if strategy == "zowarmup" else "vader"
+        merged["task"] = strategies.ROUNDS[strategy].task if strategy in strategies.ROUNDS else "vader"
     for name, kind in (("task", str), ("model", (str, type(None))), ("lora_rank", (int, type(None))),
                        ("threads", (int, type(None))), ("out", str), ("transport", str),
                        ("processes", (int, type(None)))):
@@ -206,7 +234,7 @@ def _run_options(args) -> dict:
             raise ValueError(f"config field {name!r} {what}")
     if merged["transport"] not in TRANSPORTS:
         raise ValueError(f"config field 'transport' must be one of {TRANSPORTS}, got {merged['transport']!r}")
-    if merged["transport"] != "inproc" and strategy in ROUND_CONFIGS:
+    if merged["transport"] != "inproc" and strategy in strategies.ROUNDS:
         raise ValueError(f"strategy {strategy!r} runs in-process only (config field 'transport' is "
                          f"{merged['transport']!r})")
     if merged["processes"] is not None and (merged["transport"] != "torchdist" or merged["processes"] < 2):
@@ -218,7 +246,7 @@ def _run_options(args) -> dict:
 def _run(args) -> None:
     o = _run_options(args)
     cls = config_class(o.get("strategy", "feedsign"))
-    cfg = cls(**{k: v for k, v in o.items() if k in cls.__dataclass_fields__})
+    cfg = cls(**{k: v for k, v in o.items() if k in _config_fields(cls)})
     cfg.validate()
     import torch
 
@@ -247,11 +275,7 @@ def _run(args) -> None:
     else:
         from . import rounds
 
-        if cls is FedMeZOConfig:
-            from .fedmezo import FedMeZO as algorithm
-        else:
-            from .zowarmup import ZOWarmUp as algorithm
-        s = rounds.run(algorithm(task, cfg), out=out, progress=not args.no_progress)
+        s = rounds.run(strategies.ROUNDS[o["strategy"]].build(task, cfg), out=out, progress=not args.no_progress)
         name, steps = s["config"]["strategy"], f"{cfg.rounds} rounds"
     print(f"{name}: held-out accuracy {100 * s['initial_accuracy']:.1f}% -> {100 * s['final_accuracy']:.1f}% "
           f"in {steps} ({s['seconds']:.0f} s); per client: {s['bytes_up_per_client']:.0f} B up, "

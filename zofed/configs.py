@@ -135,7 +135,7 @@ class SimConfig(_Checked):
         self._check(positive_ints=("clients", "steps", "steps_per_round", "batch", "eval_every"),
                     positive=("lr", "eps", "dirichlet", "deadline"), unit=("participation",),
                     choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS, dist=DISTS))
-        takers = _option_takers()
+        takers = option_takers()
         for name, (option, _) in takers.items():
             error = option.error(getattr(self, name))
             if error:
@@ -170,7 +170,7 @@ class SimConfig(_Checked):
 _RUN_FIELDS = dict(SimConfig.__dataclass_fields__)  # SimConfig's own, before any option joins them
 
 
-def _option_takers() -> dict:
+def option_takers() -> dict:
     """option name -> (the Option, the names of the registered strategies that take it), in registry order."""
     takers = {}
     for name, cls in strategies.STRATEGIES.items():
@@ -182,7 +182,7 @@ def _option_takers() -> dict:
 def sim_fields() -> tuple[dataclasses.Field, ...]:
     """SimConfig's fields: the run's own, then every registered strategy's options (the registry as it is now:
     a strategy registered later adds its options to the configs made after)."""
-    takers = _option_takers()
+    takers = option_takers()
     clash = sorted(set(takers) & set(_RUN_FIELDS))
     if clash:
         raise ValueError(f"strategy option(s) {clash} would shadow SimConfig's own field(s): rename the option")
@@ -275,5 +275,5 @@ def _zowarmup(task, cfg):
 
 # the round algorithms register here until their modules import no torch at module level (zofed.strategies)
 strategies.register_round(strategies.RoundAlgorithm("fedmezo", FedMeZOConfig, _fedmezo))
-strategies.register_round(strategies.RoundAlgorithm("zowarmup", ZOWarmUpConfig, _zowarmup))
+strategies.register_round(strategies.RoundAlgorithm("zowarmup", ZOWarmUpConfig, _zowarmup, task="digits"))
 sim_fields()  # SimConfig's fields hold the built-in strategies' options from the start

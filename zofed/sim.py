@@ -12,10 +12,11 @@ clients that were offline included. Client availability and reply latencies are 
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import numpy as np
 
-from . import atomic, loop
+from . import atomic, loop, strategies
 from .configs import DEFAULT_LR, SimConfig  # noqa: F401 (DEFAULT_LR: part of this module's API)
 from .loop import CHECKPOINT, ROUND_CHECKPOINT  # noqa: F401 (part of this module's API)
 from .seeds import unit
@@ -40,7 +41,8 @@ class StepDriver:
     def __init__(self, cfg: SimConfig, transport, evaluator, run_config: dict, data_sizes: list[int] | None = None):
         cfg.validate()
         self.cfg, self.transport, self.evaluator = cfg, transport, evaluator
-        self.name, self.clients, self.total = cfg.strategy, cfg.clients, cfg.steps
+        self.clients, self.total = cfg.clients, cfg.steps
+        self.name = strategies.run_label(self.config())  # the run's name in its progress bar and plots
         self.strategy = cfg.make_strategy(data_sizes)
         self.server = ParameterServer(cfg.make_strategy(data_sizes), cfg.clients, participation=cfg.participation,
                                       quorum=cfg.quorum, deadline=cfg.deadline, steps_per_round=cfg.steps_per_round,
@@ -55,8 +57,6 @@ class StepDriver:
         return self.server.step
 
     def config(self) -> dict:
-        import dataclasses
-
         return dataclasses.asdict(self.cfg)
 
     def _send(self, requests: dict[int, bytes]) -> dict[int, bytes]:

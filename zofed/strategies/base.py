@@ -303,6 +303,7 @@ class RoundAlgorithm:
     config: type  # its config dataclass: its fields are its flags and TOML keys, its validate() their checks
     build: Callable  # (task, config) -> the algorithm zofed.rounds.run drives; may import torch, when called
     label: str = ""  # its name in plots and tables ("": its name)
+    task: str = "vader"  # the task a run takes when its config names none
 
 
 ROUNDS: dict[str, RoundAlgorithm] = {}  # name -> round algorithm: the other `zofed run --strategy` choices
