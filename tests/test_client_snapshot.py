@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from fedtoy import toy_task
-from zofed.client import Client, Replica
+from zofed import sim, tasks
+from zofed.client import Client, Replica, make_client, run_config
+from zofed.configs import SimConfig
 from zofed.server import ParameterServer
 from zofed.strategies.dp_feedsign import DPFeedSign
 from zofed.strategies.fedkseed import FedKSeed
 from zofed.strategies.feedsign import FeedSign
 from zofed.strategies.zo_fedsgd import ZOFedSGD
-from zofed.transport import split_frames
+from zofed.transport import InProc, split_frames
 from zofed.wire import Ask, PoolState, decode, encode
 
 TASK = toy_task()
@@ -148,3 +150,96 @@ def test_a_state_checks_the_base_weights_a_rebuild_starts_from():
     client.replica.base[0].add_(1.0)  # the task built other starting weights than the run's
     with pytest.raises(ValueError, match="base weights"):
         client.load_state(state)
+
+
+# the Flower ClientApp's node-local state (zofed.transports.flower_client), driven in this process: each request
+# is served by a client rebuilt from the files, as a fresh flwr-clientapp process does
+
+class Recorder(InProc):
+    """The in-process transport on separate replicas, keeping every request each client was sent."""
+
+    def __init__(self, task):
+        super().__init__(task=task, shared=False)
+        self.requests: dict[int, list[bytes]] = {}
+
+    def exchange(self, requests, **kw):
+        for c, r in requests.items():
+            self.requests.setdefault(c, []).append(r)
+        return super().exchange(requests, **kw)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """(run config, client 1's requests and what the in-process client replied) of a small feedsign run."""
+    pytest.importorskip("flwr")
+    task = tasks.build("toy")
+    cfg = SimConfig(strategy="feedsign", clients=2, steps=12, steps_per_round=2, lr=0.05, dropout=0.3, seed=5)
+    recorder = Recorder(task)
+    sim.run(task, cfg, progress=False, transport=recorder)
+    rc = run_config(cfg, task)
+    ref = make_client(rc, 1)
+    requests = recorder.requests[1]
+    return rc, requests, [ref.handle(r) for r in requests], ref.checksum()
+
+
+def _serve(rc, stem, requests):
+    from zofed.transports.flower_client import serve
+
+    replies = []
+    for r in requests:
+        reply, _, client = serve(rc, 1, str(stem), r)
+        replies.append(reply)
+    return replies, client
+
+
+def test_the_clientapp_state_replays_only_the_frames_after_it(run, tmp_path, monkeypatch):
+    rc, requests, replies, checksum = run
+    got, client = _serve(rc, tmp_path / "c1", requests)
+    assert got == replies and client.checksum() == checksum
+    passes = []
+    monkeypatch.setattr(Replica, "apply", lambda self, ops, chunk=4096: passes.append(list(ops)))
+    from zofed.transports.flower_client import restore
+
+    _, restored, log = restore(rc, 1, str(tmp_path / "c1"))  # loaded from the state file: nothing to replay
+    assert len(log) > 4 and restored.step == 12 and passes == []
+    monkeypatch.undo()
+    assert restored.checksum() == checksum
+
+
+def test_a_damaged_clientapp_state_falls_back_to_the_whole_log(run, tmp_path, capsys):
+    rc, requests, replies, checksum = run
+    stem = tmp_path / "c1"
+    half = len(requests) // 2
+    _serve(rc, stem, requests[:half])
+    state = stem.with_suffix(".state")
+    older = state.read_bytes()
+    _serve(rc, stem, requests[half:half + 2])
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 1  # a changed bit: the seal does not hold
+    state.write_bytes(bytes(data))
+    got, _ = _serve(rc, stem, requests[half + 2:half + 3])
+    assert got == replies[half + 2:half + 3] and "does not match its sha256" in capsys.readouterr().err
+    state.write_bytes(older)  # a sound state of an earlier message (a kill between the log and the state): the log
+    # frames after those it covers are replayed
+    got, client = _serve(rc, stem, requests[half + 3:])
+    assert got == replies[half + 3:] and client.checksum() == checksum
+
+
+def test_a_clientapp_state_that_gives_other_weights_falls_back_then_errs_by_name(run, tmp_path, capsys):
+    from zofed import atomic
+    from zofed.transports.flower_client import StateError, restore
+
+    rc, requests, _, checksum = run
+    stem = tmp_path / "c1"
+    _serve(rc, stem, requests)
+    other = make_client(rc, 1)
+    atomic.write_sealed(stem.with_suffix(".state"), b"0\n" + other.save_state())  # covers no frame: all replayed
+    assert restore(rc, 1, str(stem))[1].checksum() == checksum  # the state's tail: still the same client
+    log = stem.with_suffix(".frames")
+    frames = split_frames(log.read_bytes())
+    atomic.write_sealed(stem.with_suffix(".state"), b"%d\n" % (len(frames) - 1) + other.save_state())
+    assert restore(rc, 1, str(stem))[1].checksum() == checksum  # claims the whole log: refused, the log replayed
+    assert "other weights than the log's checksum" in capsys.readouterr().err
+    log.write_bytes(b"".join(frames[:-2]) + frames[-1])  # a log without its last frame: not the checksum's weights
+    with pytest.raises(StateError, match=r"c1\.frames gave client 1 other weights.*c1\.state: it covers 6 frames of a log of 5"):
+        restore(rc, 1, str(stem))
