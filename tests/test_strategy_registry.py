@@ -157,3 +157,30 @@ def test_a_strategy_needs_a_name_of_its_own():
     for cls in (Nameless, Impostor):
         with pytest.raises(ValueError, match="a strategy needs a name of its own"):
             register(cls)
+
+
+def test_a_registered_round_algorithm_is_a_choice_with_its_config_fields():
+    from dataclasses import dataclass
+
+    @dataclass
+    class ToyRoundsConfig:
+        clients: int = 2
+        rounds: int = 3
+        toy_width: int = 7  # how wide the toy rounds are
+
+    algorithm = strategies.RoundAlgorithm("toy-rounds", ToyRoundsConfig, build=lambda task, cfg: None, task="toy")
+    strategies.register_round(algorithm)
+    try:
+        o = cli._run_options(cli._parser().parse_args(["run", "--strategy", "toy-rounds", "--toy-width", "9",
+                                                       "--out", "x"]))
+        assert o["toy_width"] == 9 and o["task"] == "toy" and cli.config_class("toy-rounds") is ToyRoundsConfig
+        with pytest.raises(ValueError, match="'pool_size' does not apply to strategy 'toy-rounds'"):
+            cli._run_options(cli._parser().parse_args(["run", "--strategy", "toy-rounds", "--pool-size", "4",
+                                                       "--out", "x"]))
+        for clash in (strategies.RoundAlgorithm("feedsign", ToyRoundsConfig, build=algorithm.build),
+                      strategies.RoundAlgorithm("toy-rounds", ToyRoundsConfig, build=print)):
+            with pytest.raises(ValueError, match="a round algorithm needs a name of its own"):
+                strategies.register_round(clash)
+    finally:
+        del strategies.ROUNDS["toy-rounds"]
+

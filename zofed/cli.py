@@ -84,6 +84,11 @@ def _choices(cls, name: str) -> tuple:
     return ()
 
 
+def _kind(f: dataclasses.Field) -> str:
+    """A config field's type name ("float" for `float | None`), whether its annotation is a string or a type."""
+    return (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).split(" |")[0]
+
+
 def _takers() -> dict:
     """field name -> who takes it, in order: (who, the strategies that covers, type, doc, default, choices) for
     SimConfig's own fields (the step strategies), each strategy option (its strategies) and each round
@@ -97,7 +102,7 @@ def _takers() -> dict:
     for f in configs.sim_fields():
         option = f.metadata.get("option")
         if option is None:
-            kind = f.type.split(" |")[0]
+            kind = _kind(f)
             add(f.name, STEP, strategies.STRATEGIES, kind, docs.get(f.name), f.default,
                 _choices(SimConfig, f.name) if kind == "str" and f.name != "strategy" else ())
         else:
@@ -106,7 +111,7 @@ def _takers() -> dict:
     for name, algorithm in strategies.ROUNDS.items():
         docs = _field_docs(algorithm.config)
         for f in dataclasses.fields(algorithm.config):
-            kind = f.type.split(" |")[0]
+            kind = _kind(f)
             add(f.name, name, (name,), kind, docs.get(f.name), f.default,
                 _choices(algorithm.config, f.name) if kind == "str" else ())
     return out
