@@ -64,8 +64,10 @@ def test_the_launcher_kills_what_its_script_left_behind(tmp_path):
     pid = int(torchrun(script, tmp_path, nproc=1, timeout=60).split()[-1])
     # not our child (the script's): watch /proc until the kill lands, a bounded wait
     for _ in range(100):
-        state = pathlib.Path(f"/proc/{pid}/stat")
-        if not state.exists() or state.read_text().split(")")[-1].split()[0] == "Z":
-            return
+        try:
+            if pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return  # killed, not yet reaped by its new parent
+        except FileNotFoundError:
+            return  # killed and reaped
         time.sleep(0.05)
     raise AssertionError(f"process {pid} left behind by the script is still running")
