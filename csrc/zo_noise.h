@@ -64,10 +64,13 @@ struct PhiloxKeys {
   }
 };
 
-// Vector Philox: 32x32->64 multiplies as even- and odd-lane _mul_epu32 (compilers otherwise widen to
-// 64-bit lanes: vpmullq on AVX-512, a scalar-speed sequence on AVX2). Each Vec type gives the
-// instructions of one width; philox_lanes runs two independent counter vectors at once, because a
-// round is a chain of dependent instructions and one chain leaves the multiplier idle.
+// Vector Philox. A vector of counters runs as two chains, the counters in its even dword lanes and those in
+// its odd lanes, each held in the low dword of every 64-bit lane: _mul_epu32 multiplies exactly those low
+// dwords into full 64-bit products, whose low half is then already where the next round reads it and whose
+// high half one dword swap brings there. What the high dwords carry in between is never read. So a round is
+// 4 multiplies, 4 swaps and 4 three-way xors per vector, with no repacking until the last round (merge);
+// compilers otherwise widen to 64-bit lanes (vpmullq on AVX-512, a scalar-speed sequence on AVX2). Dword swaps
+// (vpshufd) rather than 32-bit shifts: shifts and multiplies share one port on AVX-512, shuffles use another.
 #if defined(__AVX512F__)
 struct Vec512 {
   using T = __m512i;
@@ -75,19 +78,21 @@ struct Vec512 {
   static T load(const uint32_t *p) { return _mm512_loadu_si512(p); }
   static void store(uint32_t *p, T v) { _mm512_storeu_si512(p, v); }
   static T set1(uint32_t v) { return _mm512_set1_epi32((int)v); }
-  static T xor3(T a, T b, T c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+  static T xor3(T a, T b, T c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
   // The zero-masking forms with an all-ones mask compile to the plain instructions. The unmasked
   // intrinsics start from _mm512_undefined_epi32(), a self-initialized variable that GCC 12 reports
   // as used uninitialized wherever they are inlined.
-  // Dword swaps within each 64-bit lane (vpshufd) stand in for 32-bit shifts: shifts and multiplies
-  // share one port on AVX-512, shuffles use another.
-  static void mulhilo(T a, T m, T &hi, T &lo) {
+  static T mul_even(T a, T m) { return _mm512_maskz_mul_epu32((__mmask8)0xFF, a, m); }
+  static T swap(T a) { return _mm512_maskz_shuffle_epi32((__mmask16)0xFFFF, a, _MM_PERM_CDAB); }
+  static T merge(T even, T odd) { return _mm512_mask_blend_epi32(0xAAAA, even, swap(odd)); }
+  static T add(T a, T b) { return _mm512_add_epi32(a, b); }
+  static void transpose4(T &a, T &b, T &c, T &d) {
+    const __mmask16 all = 0xFFFF;
+    const T t0 = _mm512_maskz_unpacklo_epi32(all, a, b), t1 = _mm512_maskz_unpacklo_epi32(all, c, d);
+    const T t2 = _mm512_maskz_unpackhi_epi32(all, a, b), t3 = _mm512_maskz_unpackhi_epi32(all, c, d);
     const __mmask8 all8 = 0xFF;
-    const __mmask16 all16 = 0xFFFF;
-    T even = _mm512_maskz_mul_epu32(all8, a, m);
-    T odd = _mm512_maskz_mul_epu32(all8, _mm512_maskz_shuffle_epi32(all16, a, _MM_PERM_CDAB), m);
-    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_maskz_shuffle_epi32(all16, even, _MM_PERM_CDAB), odd);
-    lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_maskz_shuffle_epi32(all16, odd, _MM_PERM_CDAB));
+    a = _mm512_maskz_unpacklo_epi64(all8, t0, t1), b = _mm512_maskz_unpackhi_epi64(all8, t0, t1);
+    c = _mm512_maskz_unpacklo_epi64(all8, t2, t3), d = _mm512_maskz_unpackhi_epi64(all8, t2, t3);
   }
 };
 #endif
@@ -99,16 +104,20 @@ struct Vec256 {
   static void store(uint32_t *p, T v) { _mm256_storeu_si256(reinterpret_cast<__m256i *>(p), v); }
   static T set1(uint32_t v) { return _mm256_set1_epi32((int)v); }
   static T xor3(T a, T b, T c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
-  static void mulhilo(T a, T m, T &hi, T &lo) {
-    T even = _mm256_mul_epu32(a, m);
-    T odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  static T mul_even(T a, T m) { return _mm256_mul_epu32(a, m); }
+  static T swap(T a) { return _mm256_shuffle_epi32(a, _MM_SHUFFLE(2, 3, 0, 1)); }
+  static T merge(T even, T odd) { return _mm256_blend_epi32(even, swap(odd), 0xAA); }
+  static T add(T a, T b) { return _mm256_add_epi32(a, b); }
+  static void transpose4(T &a, T &b, T &c, T &d) {
+    const T t0 = _mm256_unpacklo_epi32(a, b), t1 = _mm256_unpacklo_epi32(c, d);
+    const T t2 = _mm256_unpackhi_epi32(a, b), t3 = _mm256_unpackhi_epi32(c, d);
+    a = _mm256_unpacklo_epi64(t0, t1), b = _mm256_unpackhi_epi64(t0, t1);
+    c = _mm256_unpacklo_epi64(t2, t3), d = _mm256_unpackhi_epi64(t2, t3);
   }
 };
 #endif
 #if defined(__SSE2__)
-// x86-64's baseline. SSE2 has no dword blend: the products' halves are regrouped by shuffles instead.
+// x86-64's baseline. SSE2 has no dword blend: merge picks the low dwords by a float shuffle, then reorders.
 struct Vec128 {
   using T = __m128i;
   static constexpr int LANES = 4;
@@ -116,43 +125,52 @@ struct Vec128 {
   static void store(uint32_t *p, T v) { _mm_storeu_si128(reinterpret_cast<__m128i *>(p), v); }
   static T set1(uint32_t v) { return _mm_set1_epi32((int)v); }
   static T xor3(T a, T b, T c) { return _mm_xor_si128(_mm_xor_si128(a, b), c); }
-  static void mulhilo(T a, T m, T &hi, T &lo) {
-    // even = (lo0, hi0, lo2, hi2), odd = (lo1, hi1, lo3, hi3) -> (lo0, lo2, hi0, hi2), (lo1, lo3, hi1, hi3)
-    T even = _mm_shuffle_epi32(_mm_mul_epu32(a, m), _MM_SHUFFLE(3, 1, 2, 0));
-    T odd = _mm_shuffle_epi32(_mm_mul_epu32(_mm_srli_epi64(a, 32), m), _MM_SHUFFLE(3, 1, 2, 0));
-    lo = _mm_unpacklo_epi32(even, odd);
-    hi = _mm_unpackhi_epi32(even, odd);
+  static T mul_even(T a, T m) { return _mm_mul_epu32(a, m); }
+  static T swap(T a) { return _mm_shuffle_epi32(a, _MM_SHUFFLE(2, 3, 0, 1)); }
+  static T merge(T even, T odd) {
+    // (e0, e2, o0, o2) -> (e0, o0, e2, o2)
+    const __m128 lows = _mm_shuffle_ps(_mm_castsi128_ps(even), _mm_castsi128_ps(odd), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm_shuffle_epi32(_mm_castps_si128(lows), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  static T add(T a, T b) { return _mm_add_epi32(a, b); }
+  static void transpose4(T &a, T &b, T &c, T &d) {
+    const T t0 = _mm_unpacklo_epi32(a, b), t1 = _mm_unpacklo_epi32(c, d);
+    const T t2 = _mm_unpackhi_epi32(a, b), t3 = _mm_unpackhi_epi32(c, d);
+    a = _mm_unpacklo_epi64(t0, t1), b = _mm_unpackhi_epi64(t0, t1);
+    c = _mm_unpacklo_epi64(t2, t3), d = _mm_unpackhi_epi64(t2, t3);
   }
 };
 #endif
 
-// Philox4x32-ROUNDS in place on the 2 * V::LANES counters x0[0..], x1[0..], x2[0..], x3[0..].
+// The widest vector of this build (zo_tiles.cpp is compiled once per instruction set).
+#if defined(__AVX512F__)
+using NativeVec = Vec512;
+#elif defined(__AVX2__)
+using NativeVec = Vec256;
+#elif defined(__SSE2__)
+using NativeVec = Vec128;
+#endif
+
+// Philox4x32-ROUNDS on the V::LANES counters (x0, x1, x2, x3) in registers, in place: two chains, even and odd
+// lanes, as above (a round is a chain of dependent instructions and one chain leaves the multiplier idle).
 template <typename V, int ROUNDS>
-static inline void philox_lanes(const PhiloxKeys<ROUNDS> &k, uint32_t *x0, uint32_t *x1, uint32_t *x2,
-                                uint32_t *x3) {
+static inline void philox_vec(const PhiloxKeys<ROUNDS> &k, typename V::T &x0, typename V::T &x1, typename V::T &x2,
+                              typename V::T &x3) {
   using T = typename V::T;
-  constexpr int L = V::LANES;
   const T ma = V::set1(PHILOX_ROUND_A), mb = V::set1(PHILOX_ROUND_B);
-  T a0 = V::load(x0), a1 = V::load(x1), a2 = V::load(x2), a3 = V::load(x3);
-  T b0 = V::load(x0 + L), b1 = V::load(x1 + L), b2 = V::load(x2 + L), b3 = V::load(x3 + L);
+  T e0 = x0, e1 = x1, e2 = x2, e3 = x3;
+  T o0 = V::swap(e0), o1 = V::swap(e1), o2 = V::swap(e2), o3 = V::swap(e3);
   for (int r = 0; r < ROUNDS; ++r) {
     const T ka = V::set1(k.a[r]), kb = V::set1(k.b[r]);
-    T ahi0, alo0, ahi2, alo2, bhi0, blo0, bhi2, blo2;
-    V::mulhilo(a0, ma, ahi0, alo0);
-    V::mulhilo(b0, ma, bhi0, blo0);
-    V::mulhilo(a2, mb, ahi2, alo2);
-    V::mulhilo(b2, mb, bhi2, blo2);
-    a0 = V::xor3(ahi2, a1, ka);
-    b0 = V::xor3(bhi2, b1, ka);
-    a2 = V::xor3(ahi0, a3, kb);
-    b2 = V::xor3(bhi0, b3, kb);
-    a1 = alo2;
-    b1 = blo2;
-    a3 = alo0;
-    b3 = blo0;
+    const T ea = V::mul_even(e0, ma), oa = V::mul_even(o0, ma);
+    const T eb = V::mul_even(e2, mb), ob = V::mul_even(o2, mb);
+    e0 = V::xor3(V::swap(eb), e1, ka);
+    o0 = V::xor3(V::swap(ob), o1, ka);
+    e2 = V::xor3(V::swap(ea), e3, kb);
+    o2 = V::xor3(V::swap(oa), o3, kb);
+    e1 = eb, o1 = ob, e3 = ea, o3 = oa;
   }
-  V::store(x0, a0), V::store(x1, a1), V::store(x2, a2), V::store(x3, a3);
-  V::store(x0 + L, b0), V::store(x1 + L, b1), V::store(x2 + L, b2), V::store(x3 + L, b3);
+  x0 = V::merge(e0, o0), x1 = V::merge(e1, o1), x2 = V::merge(e2, o2), x3 = V::merge(e3, o3);
 }
 
 // Philox4x32-ROUNDS over N counters at once (structure of arrays so it vectorizes).
@@ -169,18 +187,55 @@ static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint6
   }
   const PhiloxKeys<ROUNDS> k(seed);
   int n = 0;
-#if defined(__AVX512F__)
-  for (; n + 2 * Vec512::LANES <= N; n += 2 * Vec512::LANES)
-    philox_lanes<Vec512, ROUNDS>(k, x0 + n, x1 + n, x2 + n, x3 + n);
-#elif defined(__AVX2__)
-  for (; n + 2 * Vec256::LANES <= N; n += 2 * Vec256::LANES)
-    philox_lanes<Vec256, ROUNDS>(k, x0 + n, x1 + n, x2 + n, x3 + n);
-#elif defined(__SSE2__)
-  for (; n + 2 * Vec128::LANES <= N; n += 2 * Vec128::LANES)
-    philox_lanes<Vec128, ROUNDS>(k, x0 + n, x1 + n, x2 + n, x3 + n);
+#if defined(__SSE2__)
+  using V = NativeVec;
+  for (; n + V::LANES <= N; n += V::LANES) {
+    typename V::T a = V::load(x0 + n), b = V::load(x1 + n), c = V::load(x2 + n), d = V::load(x3 + n);
+    philox_vec<V, ROUNDS>(k, a, b, c, d);
+    V::store(x0 + n, a), V::store(x1 + n, b), V::store(x2 + n, c), V::store(x3 + n, d);
+  }
 #endif
   for (; n < N; ++n)
     for (int r = 0; r < ROUNDS; ++r) philox_round(x0[n], x1[n], x2[n], x3[n], k.a[r], k.b[r]);
+}
+
+// The words of counters g0 .. g0 + N - 1 in element order: u[4n + l] is word l of counter g0 + n, the word
+// of element 4(g0 + n) + l (what every per-word distribution reads). The vector path gives each lane the
+// counter that an in-lane 4x4 transpose (unpacks) then puts in element order: lane 4q + p of a vector of
+// Q = LANES / 4 128-bit lanes holds counter Q p + q, so after the transpose vector p holds counters
+// Q p .. Q p + Q - 1, whole, in order. No word is stored and reloaded to interleave them.
+template <int N, int ROUNDS>
+static inline void philox_elements(uint64_t seed, uint32_t key, uint32_t tag, uint64_t g0, uint32_t (&u)[4 * N]) {
+#if defined(__SSE2__)
+  using V = NativeVec;
+  using T = typename V::T;
+  constexpr int L = V::LANES, Q = L / 4;
+  static_assert(N % L == 0, "whole vectors of counters");
+  alignas(64) uint32_t lane_counter[L];
+  for (int j = 0; j < L; ++j) lane_counter[j] = (uint32_t)(Q * (j % 4) + j / 4);
+  const T offsets = V::load(lane_counter), keys = V::set1(key), tags = V::set1(tag);
+  const PhiloxKeys<ROUNDS> k(seed);
+  for (int n = 0; n < N; n += L) {
+    const uint64_t g = g0 + (uint64_t)n;
+    T c0, c1;
+    if ((uint32_t)g <= 0xFFFFFFFFu - (uint32_t)(L - 1)) {  // the low words do not wrap within the vector
+      c0 = V::add(V::set1((uint32_t)g), offsets), c1 = V::set1((uint32_t)(g >> 32));
+    } else {
+      alignas(64) uint32_t lo[L], hi[L];
+      for (int j = 0; j < L; ++j) lo[j] = (uint32_t)(g + lane_counter[j]), hi[j] = (uint32_t)((g + lane_counter[j]) >> 32);
+      c0 = V::load(lo), c1 = V::load(hi);
+    }
+    T c2 = keys, c3 = tags;
+    philox_vec<V, ROUNDS>(k, c0, c1, c2, c3);
+    V::transpose4(c0, c1, c2, c3);
+    V::store(u + 4 * n, c0), V::store(u + 4 * n + L, c1), V::store(u + 4 * n + 2 * L, c2);
+    V::store(u + 4 * n + 3 * L, c3);
+  }
+#else
+  uint32_t x0[N], x1[N], x2[N], x3[N];
+  philox_block<N, ROUNDS>(seed, key, tag, g0, x0, x1, x2, x3);
+  for (int n = 0; n < N; ++n) u[4 * n] = x0[n], u[4 * n + 1] = x1[n], u[4 * n + 2] = x2[n], u[4 * n + 3] = x3[n];
+#endif
 }
 
 // ln(u) for u = k * 2^-24, k in [1, 2^24]: exponent/mantissa split by bits, mantissa folded into
@@ -247,7 +302,7 @@ static inline float spec_gaussian_v2(uint32_t a) {
   return f32(bits_of(y) ^ (a & 0x80000000u));
 }
 
-// spec_gaussian_v2 over n words, in place (words in, float32 bits out). The 24 octaves' coefficients sit in
+// spec_gaussian_v2 of n words into z. The 24 octaves' coefficients sit in
 // registers and are picked per lane by permutes (AVX-512: one two-register permute per coefficient; AVX2:
 // three one-register permutes and two blends); each lane does the same IEEE operations as the scalar
 // function (every multiply and add rounded, never fused), so every path gives the same bits.
@@ -257,44 +312,46 @@ static inline float spec_gaussian_v2(uint32_t a) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-static inline void gaussian_v2_words(uint32_t *a, int n) {
+static inline void gaussian_v2_words(const uint32_t *a, float *z, int n) {
   int i = 0;
   [[maybe_unused]] constexpr int D = GAUSSIAN_V2_DEGREE;
+  // The vector paths convert twice_k = 4m + 2 instead of k = 2m + 1 and never scale by 2^-25: the mantissa, and so
+  // f, is the same, and the exponent field of float(2k) is 128 + j, whose low bits are the permutes' index j
+  // (they read only those bits). That saves the multiply and the bias subtraction of the scalar definition.
 #if defined(__AVX512F__)
   __m512 lo[D + 1], hi[D + 1];
   for (int k = 0; k <= D; ++k) {
     lo[k] = _mm512_castsi512_ps(_mm512_load_si512(GAUSSIAN_V2_COEFFS[k]));
     hi[k] = _mm512_castsi512_ps(_mm512_load_si512(GAUSSIAN_V2_COEFFS[k] + 16));
   }
+  constexpr int A_AND_B_OR_C = 0xEA, A_XOR_B_AND_C = 0x78;  // vpternlogd truth tables
   for (; i + 16 <= n; i += 16) {
     const __m512i w = _mm512_loadu_si512(a + i);
-    const __m512i k2 = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(w, 8),
-                                                                           _mm512_set1_epi32(0x7FFFFF)), 1),
-                                       _mm512_set1_epi32(1));
-    const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(k2), _mm512_set1_ps(f32(0x33000000u))));
-    const __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(GAUSSIAN_V2_BIAS));
-    const __m512 f = _mm512_sub_ps(
-        _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFF)),
-                                            _mm512_set1_epi32(0x3F800000))), _mm512_set1_ps(1.0f));
+    const __m512i twice_k = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 6), _mm512_set1_epi32(0x1FFFFFC),
+                                                 _mm512_set1_epi32(2), A_AND_B_OR_C);
+    const __m512i b = _mm512_castps_si512(_mm512_cvtepi32_ps(twice_k));
+    const __m512i j = _mm512_srli_epi32(b, 23);
+    const __m512 f = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+                                       b, _mm512_set1_epi32(0x7FFFFF), _mm512_set1_epi32(0x3F800000), A_AND_B_OR_C)),
+                                   _mm512_set1_ps(1.0f));
     __m512 y = _mm512_permutex2var_ps(lo[D], j, hi[D]);
     for (int k = D - 1; k >= 0; --k) y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_permutex2var_ps(lo[k], j, hi[k]));
-    _mm512_storeu_si512(a + i, _mm512_xor_si512(_mm512_castps_si512(y),
-                                                _mm512_and_si512(w, _mm512_set1_epi32((int)0x80000000u))));
+    _mm512_storeu_si512(z + i, _mm512_ternarylogic_epi32(_mm512_castps_si512(y), w,
+                                                         _mm512_set1_epi32((int)0x80000000u), A_XOR_B_AND_C));
   }
 #elif defined(__AVX2__)
   for (; i + 8 <= n; i += 8) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + i));
-    const __m256i k2 = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 8),
-                                                                           _mm256_set1_epi32(0x7FFFFF)), 1),
-                                       _mm256_set1_epi32(1));
-    const __m256i b = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(k2), _mm256_set1_ps(f32(0x33000000u))));
-    const __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(b, 23), _mm256_set1_epi32(GAUSSIAN_V2_BIAS));
+    const __m256i twice_k = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w, 6), _mm256_set1_epi32(0x1FFFFFC)),
+                                       _mm256_set1_epi32(2));
+    const __m256i b = _mm256_castps_si256(_mm256_cvtepi32_ps(twice_k));
+    const __m256i j = _mm256_srli_epi32(b, 23);  // 128 + the octave
     const __m256 f = _mm256_sub_ps(
         _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(0x7FFFFF)),
                                             _mm256_set1_epi32(0x3F800000))), _mm256_set1_ps(1.0f));
-    // octaves 0-7, 8-15, 16-23: permute within each 8-float register, then blend by j >= 8 and j >= 16
-    const __m256 ge8 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(7)));
-    const __m256 ge16 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(15)));
+    // octaves 0-7, 8-15, 16-23: permute within each 8-float register, then blend by octave >= 8 and >= 16
+    const __m256 ge8 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(128 + 7)));
+    const __m256 ge16 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(128 + 15)));
     auto coeff = [&](int k) {
       const float *c = reinterpret_cast<const float *>(GAUSSIAN_V2_COEFFS[k]);
       const __m256 c0 = _mm256_permutevar8x32_ps(_mm256_load_ps(c), j);
@@ -304,12 +361,12 @@ static inline void gaussian_v2_words(uint32_t *a, int n) {
     };
     __m256 y = coeff(D);
     for (int k = D - 1; k >= 0; --k) y = _mm256_add_ps(_mm256_mul_ps(y, f), coeff(k));
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(a + i),
+    _mm256_storeu_si256(reinterpret_cast<__m256i *>(z + i),
                         _mm256_xor_si256(_mm256_castps_si256(y),
                                          _mm256_and_si256(w, _mm256_set1_epi32((int)0x80000000u))));
   }
 #endif
-  for (; i < n; ++i) a[i] = bits_of(spec_gaussian_v2(a[i]));
+  for (; i < n; ++i) z[i] = spec_gaussian_v2(a[i]);
 }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop

@@ -18,74 +18,95 @@ namespace {
 
 // Spec v2's Rademacher: 32 consecutive groups share a Philox counter, group G taking bit G % 32 of each
 // word. A tile starts at any group (tiles follow the tensor's offset), so its 128 groups touch 4 or 5 counters.
+// Element 4n + l of the tile takes bit (phase + n) % 32 of word l of counter (phase + n) / 32, as the sign of 1.0f.
+// (GCC 12's unmasked AVX-512 intrinsics: see gaussian_v2_words in zo_noise.h for this warning.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 inline void rademacher_v2_tile(uint64_t seed, uint32_t key, uint64_t g0, float (&z)[TILE]) {
   constexpr int PER_COUNTER = RADEMACHER_V2_ELEMENTS / 4, C = TILE_GROUPS / PER_COUNTER + 1;
   uint32_t x[4][C];
   philox_block<C, PHILOX_ROUNDS_V2>(seed, key, TAG_NOISE, g0 / PER_COUNTER, x[0], x[1], x[2], x[3]);
-  // a group's 4 elements take the same bit of the 4 words: one 4-lane shift by a count shared by the lanes
-  // (a plain SSE2 shift on every ISA), then the bit becomes the sign of 1.0f
+  const int phase = (int)(g0 % PER_COUNTER);
+#if defined(__AVX2__)
+  // the words in element-lane order (word l of counter c at 4c + l), so that one permute gives each of a
+  // vector's lanes its element's word, and one variable shift per lane brings its bit to the sign
+  alignas(64) uint32_t words[32] = {};
+  for (int c = 0; c < C; ++c)
+    for (int l = 0; l < 4; ++l) words[4 * c + l] = x[l][c];
+#endif
+#if defined(__AVX512F__)
+  const __m512i lo = _mm512_load_si512(words), hi = _mm512_load_si512(words + 16);
+  const __m512i lane = _mm512_set_epi32(3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0);
+  __m512i g = _mm512_add_epi32(_mm512_set1_epi32(phase), _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+  for (int i = 0; i < TILE; i += 16, g = _mm512_add_epi32(g, _mm512_set1_epi32(4))) {
+    const __m512i idx = _mm512_or_si512(_mm512_slli_epi32(_mm512_srli_epi32(g, 5), 2), lane);
+    const __m512i bit_to_sign = _mm512_andnot_si512(g, _mm512_set1_epi32(31));  // 31 - g % 32
+    const __m512i w = _mm512_sllv_epi32(_mm512_permutex2var_epi32(lo, idx, hi), bit_to_sign);
+    _mm512_storeu_si512(z + i, _mm512_ternarylogic_epi32(w, _mm512_set1_epi32((int)0x80000000u),
+                                                         _mm512_set1_epi32(0x3F800000), 0xEA));  // (A & B) | C
+  }
+#elif defined(__AVX2__)
+  // 8 elements are 2 groups, within 2 adjacent counters: their 8 words are one unaligned load
+  const __m256i lane = _mm256_set_epi32(3, 2, 1, 0, 3, 2, 1, 0);
+  const __m256i pair = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+  for (int i = 0; i < TILE; i += 8) {
+    const int n = phase + i / 4, first = n / PER_COUNTER;
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(words + 4 * first));
+    const __m256i g = _mm256_add_epi32(_mm256_set1_epi32(n), pair);
+    const __m256i idx = _mm256_or_si256(
+        _mm256_slli_epi32(_mm256_sub_epi32(_mm256_srli_epi32(g, 5), _mm256_set1_epi32(first)), 2), lane);
+    const __m256i bit_to_sign = _mm256_andnot_si256(g, _mm256_set1_epi32(31));  // 31 - g % 32
+    const __m256i w = _mm256_sllv_epi32(_mm256_permutevar8x32_epi32(v, idx), bit_to_sign);
+    _mm256_storeu_si256(reinterpret_cast<__m256i *>(z + i),
+                        _mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi32((int)0x80000000u)),
+                                        _mm256_set1_epi32(0x3F800000)));
+  }
+#else
+  // one 4-lane shift per group by a count shared by its lanes (a plain SSE2 shift)
   typedef uint32_t u32x4 __attribute__((vector_size(16)));
   u32x4 words[C];
   for (int c = 0; c < C; ++c) words[c] = u32x4{x[0][c], x[1][c], x[2][c], x[3][c]};
-  const int phase = (int)(g0 % PER_COUNTER);
   for (int n = 0; n < TILE_GROUPS; ++n) {
     const int g = phase + n;
     const u32x4 signs = ((words[g / PER_COUNTER] << (31 - g % PER_COUNTER)) & 0x80000000u) | 0x3F800000u;
     std::memcpy(&z[4 * n], &signs, sizeof signs);
   }
+#endif
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// The random words of the TILE elements of groups g0 .. g0 + TILE_GROUPS - 1, in element order.
+inline void words_tile(uint64_t seed, uint32_t key, uint32_t tag, int version, uint64_t g0, uint32_t (&u)[TILE]) {
+  if (version == 2)
+    philox_elements<TILE_GROUPS, PHILOX_ROUNDS_V2>(seed, key, tag, g0, u);
+  else
+    philox_elements<TILE_GROUPS, PHILOX_ROUNDS>(seed, key, tag, g0, u);
 }
 
 // z for the TILE elements of groups g0 .. g0 + TILE_GROUPS - 1, in element order, under spec `version`.
 inline void noise_tile(uint64_t seed, uint32_t key, int dist, int version, uint64_t g0, float (&z)[TILE]) {
   if (version == 2 && dist == RADEMACHER) return rademacher_v2_tile(seed, key, g0, z);
-  uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
-  if (version == 2)
-    philox_block<TILE_GROUPS, PHILOX_ROUNDS_V2>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
-  else
+  if (dist == GAUSSIAN && version == 1) {  // Box-Muller pairs lanes (0, 1) and (2, 3) of each counter
+    uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
     philox_block<TILE_GROUPS>(seed, key, TAG_NOISE, g0, x0, x1, x2, x3);
-  if (dist == GAUSSIAN && version == 2) {
-    gaussian_v2_words(x0, TILE_GROUPS), gaussian_v2_words(x1, TILE_GROUPS);
-    gaussian_v2_words(x2, TILE_GROUPS), gaussian_v2_words(x3, TILE_GROUPS);
-    for (int n = 0; n < TILE_GROUPS; ++n) {
-      z[4 * n] = f32(x0[n]);
-      z[4 * n + 1] = f32(x1[n]);
-      z[4 * n + 2] = f32(x2[n]);
-      z[4 * n + 3] = f32(x3[n]);
-    }
-  } else if (dist == GAUSSIAN) {
     for (int n = 0; n < TILE_GROUPS; ++n) {
       spec_gaussian_pair(x0[n], x1[n], z[4 * n], z[4 * n + 1]);
       spec_gaussian_pair(x2[n], x3[n], z[4 * n + 2], z[4 * n + 3]);
     }
-  } else if (dist == RADEMACHER) {
-    for (int n = 0; n < TILE_GROUPS; ++n) {
-      z[4 * n] = spec_rademacher(x0[n]);
-      z[4 * n + 1] = spec_rademacher(x1[n]);
-      z[4 * n + 2] = spec_rademacher(x2[n]);
-      z[4 * n + 3] = spec_rademacher(x3[n]);
-    }
-  } else {
-    for (int n = 0; n < TILE_GROUPS; ++n) {
-      z[4 * n] = spec_uniform(x0[n]);
-      z[4 * n + 1] = spec_uniform(x1[n]);
-      z[4 * n + 2] = spec_uniform(x2[n]);
-      z[4 * n + 3] = spec_uniform(x3[n]);
-    }
+    return;
   }
-}
-
-inline void rounding_bits_tile(uint64_t seed, uint32_t key, int version, uint64_t g0, uint32_t (&r)[TILE]) {
-  uint32_t x0[TILE_GROUPS], x1[TILE_GROUPS], x2[TILE_GROUPS], x3[TILE_GROUPS];
-  if (version == 2)
-    philox_block<TILE_GROUPS, PHILOX_ROUNDS_V2>(seed, key, TAG_ROUNDING, g0, x0, x1, x2, x3);
+  uint32_t u[TILE];  // one word per element
+  words_tile(seed, key, TAG_NOISE, version, g0, u);
+  if (dist == GAUSSIAN)
+    gaussian_v2_words(u, z, TILE);
+  else if (dist == RADEMACHER)
+    for (int i = 0; i < TILE; ++i) z[i] = spec_rademacher(u[i]);
   else
-    philox_block<TILE_GROUPS>(seed, key, TAG_ROUNDING, g0, x0, x1, x2, x3);
-  for (int n = 0; n < TILE_GROUPS; ++n) {
-    r[4 * n] = x0[n];
-    r[4 * n + 1] = x1[n];
-    r[4 * n + 2] = x2[n];
-    r[4 * n + 3] = x3[n];
-  }
+    for (int i = 0; i < TILE; ++i) z[i] = spec_uniform(u[i]);
 }
 
 // The tile's first group and the tensor-index window [lo, hi) it covers, relative to its start.
@@ -103,49 +124,85 @@ inline TileSpan span_of(const TensorArg &t, int64_t tile) {
   return s;
 }
 
-// w[i] = round(w[i] + c_k * z_k[i]) for each seed in order, over the tile window [lo, hi). Returns nonzero
-// when the result holds an inf or NaN: the largest magnitude's bits, gathered in the last seed's loop
-// (no extra pass), reach the all-ones exponent.
-template <bool Stochastic, typename Round>
-inline uint32_t apply_seeds(float *w, const TensorArg &t, const TileSpan &s, const uint64_t *seeds,
-                            const SeedUse *uses, const float *coeffs, int K, int dist, int version, Round round) {
-  float kept[NOISE_SLOTS][TILE], own[TILE];
+// A parameter dtype's element type and conversions: widen to float32 (exact), narrow to nearest or
+// stochastically (float32 has no rounding step), and the magnitude bits of inf in that type.
+struct F32Format {
+  using E = float;
+  static constexpr uint32_t INF = 0x7F800000u;
+  static float widen(float v) { return v; }
+  static float narrow(float v) { return v; }
+  static float narrow_sr(float v, uint32_t) { return v; }
+  static uint32_t magnitude(float v) { return bits_of(v) & 0x7FFFFFFFu; }
+};
+struct BF16Format {
+  using E = uint16_t;
+  static constexpr uint32_t INF = 0x7F80u;
+  static float widen(uint16_t h) { return bf16_to_f32(h); }
+  static uint16_t narrow(float v) { return f32_to_bf16(v); }
+  static uint16_t narrow_sr(float v, uint32_t r) { return f32_to_bf16_sr(v, r); }
+  static uint32_t magnitude(uint16_t h) { return h & 0x7FFFu; }
+};
+struct F16Format {
+  using E = uint16_t;
+  static constexpr uint32_t INF = 0x7C00u;
+  static float widen(uint16_t h) { return f16_to_f32(h); }
+  static uint16_t narrow(float v) { return f32_to_f16(v); }
+  static uint16_t narrow_sr(float v, uint32_t r) { return f32_to_f16_sr(v, r); }
+  static uint32_t magnitude(uint16_t h) { return h & 0x7FFFu; }
+};
+
+// One seed's sweep over the tile window: round(x[i] + c * z[i]) with x read from the source tensor (the first
+// seed) or from the float32 scratch w, and the result written to the destination tensor (the last seed, which
+// also gathers the largest magnitude for the non-finite check: no extra pass) or back to w. So K = 1 is one
+// loop from memory to memory, and the noise never meets a separate widen or narrow loop.
+template <typename D, bool Stochastic, bool FromSource, bool ToDestination>
+inline uint32_t sweep(const TileSpan &s, const typename D::E *in, typename D::E *out, float *w, const float *z,
+                      const uint32_t *r, float c) {
+  uint32_t largest = 0;
+  for (int64_t i = s.lo; i < s.hi; ++i) {
+    const float x = FromSource ? D::widen(in[i]) : w[i];
+    const typename D::E h = Stochastic ? D::narrow_sr(x + c * z[i], r[i]) : D::narrow(x + c * z[i]);
+    if (ToDestination) {
+      out[i] = h;
+      const uint32_t m = D::magnitude(h);
+      largest = m > largest ? m : largest;
+    } else {
+      w[i] = D::widen(h);
+    }
+  }
+  return largest;
+}
+
+// w = round(w + c_k * z_k) for each seed in order over the tile window, read from t.src and written to t.ptr
+// in the parameter dtype, rounding after each seed. Returns nonzero when the result holds an inf or NaN.
+template <typename D, bool Stochastic>
+inline uint32_t update_window(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const SeedUse *uses,
+                              const float *coeffs, int K, int dist, int version) {
+  using E = typename D::E;
+  const E *in = reinterpret_cast<const E *>(t.src) + s.start;
+  E *out = reinterpret_cast<E *>(t.ptr) + s.start;
+  if (K == 0) {  // a plain copy (update_ with sources and no seeds)
+    for (int64_t i = s.lo; i < s.hi; ++i) out[i] = in[i];
+    return 0;
+  }
+  float kept[NOISE_SLOTS][TILE], own[TILE], w[TILE];
   uint32_t r[TILE];
   uint32_t largest = 0;
   for (int k = 0; k < K; ++k) {
     float(&z)[TILE] = uses[k].slot >= 0 ? kept[uses[k].slot] : own;
     if (!uses[k].cached) noise_tile(seeds[k], t.key, dist, version, s.g0, z);
-    if (Stochastic) rounding_bits_tile(seeds[k], t.key, version, s.g0, r);
+    if (Stochastic) words_tile(seeds[k], t.key, TAG_ROUNDING, version, s.g0, r);
     const float c = coeffs[k];
-    if (k + 1 < K) {
-      for (int64_t i = s.lo; i < s.hi; ++i) w[i] = round(w[i] + c * z[i], Stochastic ? r[i] : 0u);
-    } else {
-      for (int64_t i = s.lo; i < s.hi; ++i) {
-        w[i] = round(w[i] + c * z[i], Stochastic ? r[i] : 0u);
-        const uint32_t b = bits_of(w[i]) & 0x7FFFFFFFu;
-        largest = b > largest ? b : largest;
-      }
-    }
+    if (K == 1)
+      largest = sweep<D, Stochastic, true, true>(s, in, out, w, z, r, c);
+    else if (k == 0)
+      sweep<D, Stochastic, true, false>(s, in, out, w, z, r, c);
+    else if (k + 1 < K)
+      sweep<D, Stochastic, false, false>(s, in, out, w, z, r, c);
+    else
+      largest = sweep<D, Stochastic, false, true>(s, in, out, w, z, r, c);
   }
-  return largest >= 0x7F800000u;
-}
-
-// 16-bit formats: widen the tile to float32 once, apply all K seeds rounding after each, narrow once.
-template <typename Widen, typename Narrow, typename NarrowSR>
-inline uint32_t update_tile_16(const TensorArg &t, const TileSpan &s, const uint64_t *seeds, const SeedUse *uses,
-                               const float *coeffs, int K, int dist, int version, bool stochastic, Widen widen,
-                               Narrow narrow, NarrowSR narrow_sr) {
-  uint16_t *p = reinterpret_cast<uint16_t *>(t.ptr) + s.start;
-  const uint16_t *q = reinterpret_cast<const uint16_t *>(t.src) + s.start;
-  float w[TILE];
-  for (int64_t i = s.lo; i < s.hi; ++i) w[i] = widen(q[i]);
-  auto round_sr = [&](float v, uint32_t r) { return widen(narrow_sr(v, r)); };
-  auto round_nearest = [&](float v, uint32_t) { return widen(narrow(v)); };
-  const uint32_t non_finite =
-      stochastic ? apply_seeds<true>(w, t, s, seeds, uses, coeffs, K, dist, version, round_sr)
-                 : apply_seeds<false>(w, t, s, seeds, uses, coeffs, K, dist, version, round_nearest);
-  for (int64_t i = s.lo; i < s.hi; ++i) p[i] = narrow(w[i]);  // exact: w holds representable values
-  return non_finite;
+  return largest >= D::INF;
 }
 
 // Ask for the tile's parameters before generating its noise, so the memory traffic overlaps the
@@ -162,23 +219,12 @@ uint32_t update_tile(const TensorArg &t, int64_t tile, const uint64_t *seeds, co
   const TileSpan s = span_of(t, tile);
   prefetch_tile(t, s);
   const bool sr = rounding == STOCHASTIC;
-  if (t.dtype == F32) {
-    // float32 parameters have no rounding step: update them where they lie (after copying the tile
-    // from its source, which stays in L1: still one pass over memory)
-    float *p = reinterpret_cast<float *>(t.ptr) + s.start;
-    if (t.src != t.ptr) {
-      const float *q = reinterpret_cast<const float *>(t.src) + s.start;
-      for (int64_t i = s.lo; i < s.hi; ++i) p[i] = q[i];
-    }
-    return apply_seeds<false>(p, t, s, seeds, uses, coeffs, K, dist, version, [](float v, uint32_t) { return v; });
-  }
+  if (t.dtype == F32) return update_window<F32Format, false>(t, s, seeds, uses, coeffs, K, dist, version);
   if (t.dtype == BF16)
-    return update_tile_16(
-        t, s, seeds, uses, coeffs, K, dist, version, sr, [](uint16_t h) { return bf16_to_f32(h); },
-        [](float v) { return f32_to_bf16(v); }, [](float v, uint32_t r) { return f32_to_bf16_sr(v, r); });
-  return update_tile_16(
-      t, s, seeds, uses, coeffs, K, dist, version, sr, [](uint16_t h) { return f16_to_f32(h); },
-      [](float v) { return f32_to_f16(v); }, [](float v, uint32_t r) { return f32_to_f16_sr(v, r); });
+    return sr ? update_window<BF16Format, true>(t, s, seeds, uses, coeffs, K, dist, version)
+              : update_window<BF16Format, false>(t, s, seeds, uses, coeffs, K, dist, version);
+  return sr ? update_window<F16Format, true>(t, s, seeds, uses, coeffs, K, dist, version)
+            : update_window<F16Format, false>(t, s, seeds, uses, coeffs, K, dist, version);
 }
 
 void noise_tile_into(const TensorArg &t, int64_t tile, uint64_t seed, int dist, int version) {
