@@ -1,6 +1,6 @@
 """ZO-SGD step time of zokernels.ZOSGD against MeZO's loop on an OPT-style model; prints JSON.
 
-    python benchmarks/zo_step.py [--threads 2] [--steps 5] [--layers 12] [--table]
+    python benchmarks/zo_step.py [--threads 2] [--steps 5] [--layers 12] [--dist gaussian] [--spec-version 1] [--table]
 
 The model is OPTForCausalLM built from transformers' default OPTConfig (the 125M shape) with random
 weights, batch 4, sequence 32, on CPU. Step times are taken in one process, the variants' steps
@@ -15,7 +15,12 @@ of two runs. Variants:
   shadow         ZOSGD(mode="shadow"): perturbed copies per module, one weight write per step
 Step time is the median over --steps steps after one warm-up step of each. A plain forward (no_grad) of
 the same model is timed in the same round-robin, and vs_two_forwards = step / (2 x forward median): a ZO
-step needs two forwards, so everything above 1 is the cost of the optimizer's passes over the weights.
+step needs two forwards, so everything above 1 is the cost of the optimizer's passes over the weights
+(beyond_two_forwards_s, the step's time less two forward medians). --dist and --spec-version pick the noise
+of zokernels' variants (docs/noise.md; MeZO's loop draws torch.normal whatever they say). In place, every
+step generates its z three times whether or not fuse_steps saves a write (+eps, -2 eps, and the restore
+and update, which share one generation): on a CPU, where generating z costs more than moving the weights,
+fusing saves little time, and the noise stream's cost is what is left above two forwards.
 "load" is os.getloadavg() before and after the timings.
 """
 
@@ -94,18 +99,18 @@ def peak_rss(fn) -> int:
     return max(peak[0], rss_bytes())
 
 
-def make_step(variant: str, model, ids):
+def make_step(variant: str, model, ids, noise: dict):
     import zokernels
 
     closure = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
     if variant == "mezo":
         return (lambda t: mezo_step(model, closure, t)), None
     opt = zokernels.ZOSGD(model, lr=LR, eps=EPS, mode="shadow" if variant == "shadow" else "inplace",
-                          fuse_steps=variant == "inplace-fused")
+                          fuse_steps=variant == "inplace-fused", **noise)
     return (lambda t: opt.step(closure)), opt
 
 
-def memory_child(variant: str, layers: int) -> dict:
+def memory_child(variant: str, layers: int, noise: dict) -> dict:
     model, ids = build(layers)
 
     def forward():
@@ -113,17 +118,17 @@ def memory_child(variant: str, layers: int) -> dict:
             model(input_ids=ids, labels=ids)
 
     inference_peak = max(peak_rss(forward) for _ in range(3))
-    step, opt = make_step(variant, model, ids)
+    step, opt = make_step(variant, model, ids, noise)
     step_peak = max(peak_rss(lambda: step(t)) for t in range(3))
     return dict(extra_rss_bytes=max(0, step_peak - inference_peak),
                 peak_temp_bytes=opt.stats["peak_temp_bytes"] if opt else None)
 
 
-def timings(variants, steps: int, layers: int) -> list[dict]:
+def timings(variants, steps: int, layers: int, noise: dict) -> list[dict]:
     runs = {}
     for v in variants:
         model, ids = build(layers)
-        step, opt = make_step(v, model, ids)
+        step, opt = make_step(v, model, ids, noise)
         step(0)  # warm-up
         runs[v] = dict(step=step, opt=opt, model=model, times=[])
     first = runs[variants[0]]["model"]
@@ -143,6 +148,7 @@ def timings(variants, steps: int, layers: int) -> list[dict]:
         r, model = runs[v], runs[v]["model"]
         step_s = statistics.median(r["times"])
         results.append(dict(variant=v, step_s=step_s, forward_s=forward_s, vs_two_forwards=step_s / (2 * forward_s),
+                            beyond_two_forwards_s=step_s - 2 * forward_s,
                             weight_write_passes=r["opt"].stats["weight_write_passes"] if r["opt"] else 4,
                             param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
                             largest_module_bytes=max(sum(p.numel() * p.element_size()
@@ -157,25 +163,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--layers", type=int, default=12, help="decoder layers (12 = the 125M shape)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--dist", default="gaussian", choices=("gaussian", "rademacher", "uniform"))
+    ap.add_argument("--spec-version", type=int, default=1, choices=(1, 2), help="noise spec version (docs/noise.md)")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    noise = dict(dist=args.dist, spec_version=args.spec_version)
     if args.child:
-        print(json.dumps(memory_child(args.child, args.layers)))
+        print(json.dumps(memory_child(args.child, args.layers, noise)))
         return
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown or args.steps < 1 or args.layers < 1:
         ap.error(f"bad --variants {sorted(unknown)}" if unknown else "--steps and --layers must be >= 1")
     load_before = os.getloadavg()
-    results = timings(variants, args.steps, args.layers)
+    results = timings(variants, args.steps, args.layers, noise)
     load = dict(before=list(load_before), after=list(os.getloadavg()), cpus=os.cpu_count())
     for r in results:
         runs = []
         for _ in range(2):  # RSS sampling only errs upward (allocator slack): keep the smaller reading
             out = subprocess.run([sys.executable, __file__, "--child", r["variant"], "--layers", str(args.layers),
-                                  "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                                  "--threads", str(args.threads), "--dist", args.dist,
+                                  "--spec-version", str(args.spec_version)], capture_output=True, text=True, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r.update(min(runs, key=lambda m: m["extra_rss_bytes"]))
     by = {r["variant"]: r for r in results}
@@ -185,17 +195,19 @@ def main() -> None:
         if "inplace" in by:
             r["time_vs_inplace"] = r["step_s"] / by["inplace"]["step_s"]
     report = dict(benchmark="zokernels.zo_step", model="OPTForCausalLM(OPTConfig(num_hidden_layers="
-                  f"{args.layers}))", batch=4, seq=32, threads=args.threads, steps=args.steps,
+                  f"{args.layers}))", batch=4, seq=32, threads=args.threads, steps=args.steps, **noise,
                   params=by[variants[0]]["param_bytes"] // 4, load=load, results=results)
     print(json.dumps(report, indent=1))
     if args.table:
         print(f"\n{report['params'] / 1e6:.0f}M parameters, batch 4 x 32, {args.threads} threads, median of "
-              f"{args.steps} steps; one forward: {results[0]['forward_s'] * 1e3:.0f} ms; load average "
+              f"{args.steps} steps, {args.dist} noise (spec v{args.spec_version}); one forward: "
+              f"{results[0]['forward_s'] * 1e3:.0f} ms; load average "
               f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after, {load['cpus']} CPUs")
-        print(f"{'variant':<15}{'step':>10}{'vs MeZO':>10}{'vs 2 fwd':>10}{'writes':>8}{'extra memory':>16}")
+        print(f"{'variant':<15}{'step':>10}{'vs MeZO':>10}{'vs 2 fwd':>10}{'beyond':>10}{'writes':>8}"
+              f"{'extra memory':>16}")
         for r in results:
             print(f"{r['variant']:<15}{r['step_s'] * 1e3:>8.0f}ms{r.get('speedup_vs_mezo', 0):>9.2f}x"
-                  f"{r['vs_two_forwards']:>9.2f}x"
+                  f"{r['vs_two_forwards']:>9.2f}x{r['beyond_two_forwards_s'] * 1e3:>8.0f}ms"
                   f"{r['weight_write_passes']:>8}{r['extra_rss_bytes'] / 2**20:>13.1f}MiB")
 
 
