@@ -1,6 +1,9 @@
 """Tabulate zofed run folders (their summary.json) as a Markdown table, in the shape of FeedSign's Tables 5-7.
 
     python benchmarks/fed_table.py runs/*          # prints the table; --json prints the rows as JSON
+
+A round run (FedMeZO, ZOWarmUp) tabulates as a step run does, a step being its round; its setting names what its
+config has (no label-skew convention, no Byzantine clients).
 """
 
 import argparse
@@ -13,13 +16,15 @@ from zofed.strategies import run_label
 def row(folder: pathlib.Path) -> dict:
     s = json.loads((folder / "summary.json").read_text())
     c = s["config"]
-    setting = "iid" if c["dirichlet"] is None else f"Dirichlet {c['dirichlet']} ({c['convention']})"
-    if c["byzantine"]:
+    setting = "iid" if c["dirichlet"] is None else f"Dirichlet {c['dirichlet']}"
+    if "convention" in c and c["dirichlet"] is not None:
+        setting += f" ({c['convention']})"
+    if c.get("byzantine"):
         setting += f", {c['byzantine']} Byzantine of {c['clients']}"
     return dict(run=folder.name, strategy=run_label(c), setting=setting, seed=c["seed"], steps=s["steps"],
                 initial=100 * s["initial_accuracy"], final=100 * s["final_accuracy"],
-                up_bits_per_step=s["payload_bits_up_per_client_per_step"],
-                down_bits_per_step=s["payload_bits_down_per_client_per_step"],
+                up_bits_per_step=s["payload_bits_up_per_client"] / s["steps"],
+                down_bits_per_step=s["payload_bits_down_per_client"] / s["steps"],
                 bytes_up=s["bytes_up_per_client"], bytes_down=s["bytes_down_per_client"], seconds=s["seconds"])
 
 

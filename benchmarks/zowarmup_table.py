@@ -24,8 +24,7 @@ def one(job) -> dict:
 
     torch.set_num_threads(1)
     from zofed import rounds, tasks
-    from zofed.configs import ZOWarmUpConfig
-    from zofed.zowarmup import ZOWarmUp
+    from zofed.strategies import ZOWarmUp, ZOWarmUpConfig
 
     method, split, seed, root = job
     folder = os.path.join(root, f"{method}-{round(100 * split)}-s{seed}")

@@ -8,8 +8,7 @@ import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
 from zofed import atomic, rounds, sim, tasks
-from zofed.configs import FedMeZOConfig
-from zofed.fedmezo import FedMeZO
+from zofed.strategies import FedMeZO, FedMeZOConfig
 
 SIM = dict(strategy="zo-fedsgd", clients=3, steps=12, lr=0.05, batch=8, eval_every=4, dropout=0.3, deadline=0.8)
 FEDMEZO = dict(clients=3, rounds=4, local_steps=3, lr=0.05, batch=8, alpha=0.5, signal="five-round-loss")

@@ -11,8 +11,8 @@ import torch
 
 from fedtoy import toy_task
 from zofed import rounds
-from zofed.fedmezo import FedMeZO, FedMeZOConfig, heterogeneity
 from zofed.seeds import step_seed
+from zofed.strategies.fedmezo import FedMeZO, FedMeZOConfig, heterogeneity
 from zofed.wire import Dense, Scalars, SeedScalars
 
 CFG = dict(clients=3, local_steps=6, lr=0.05, batch=8, dirichlet=0.5, seed=4)
@@ -129,9 +129,8 @@ def test_the_server_side_runs_without_torch():
     scalar arithmetic for the seed replay, numpy for the dense average, and no torch imported."""
     code = """
 import sys
-from zofed.fedmezo import FedMeZO
-from zofed.configs import FedMeZOConfig
 from zofed.seeds import step_seed
+from zofed.strategies import FedMeZO, FedMeZOConfig
 from zofed.wire import Dense, SeedScalars
 import numpy as np
 server = FedMeZO(None, FedMeZOConfig(clients=2, local_steps=2, lr=0.5, client_weights="data-size"), data_sizes=[1, 3])

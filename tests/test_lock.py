@@ -8,8 +8,7 @@ import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
 from zofed import atomic, rounds, sim, tasks
-from zofed.configs import FedMeZOConfig
-from zofed.fedmezo import FedMeZO
+from zofed.strategies import FedMeZO, FedMeZOConfig
 
 HOLDER = """
 import sys

@@ -14,9 +14,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import fedtoy  # noqa: E402,F401  (registers the "toy" task)
 from zofed import rounds, tasks  # noqa: E402
-from zofed.configs import FedMeZOConfig, ZOWarmUpConfig  # noqa: E402
-from zofed.fedmezo import FedMeZO  # noqa: E402
-from zofed.zowarmup import ZOWarmUp  # noqa: E402
+from zofed.strategies import FedMeZO, FedMeZOConfig, ZOWarmUp, ZOWarmUpConfig  # noqa: E402
 
 FEDMEZO = dict(clients=3, rounds=4, local_steps=3, lr=0.05, batch=8, dirichlet=0.5, seed=4, eval_every=3)
 ZOWARMUP = dict(clients=6, high_fraction=0.34, warmup_rounds=2, zo_rounds=3, participation=0.7, local_epochs=1,

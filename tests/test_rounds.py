@@ -11,9 +11,7 @@ import pytest
 
 import fedtoy  # noqa: F401  (registers the "toy" task)
 from zofed import atomic, orbit, rounds, sim, tasks
-from zofed.configs import FedMeZOConfig, ZOWarmUpConfig
-from zofed.fedmezo import FedMeZO
-from zofed.zowarmup import ZOWarmUp
+from zofed.strategies import FedMeZO, FedMeZOConfig, ZOWarmUp, ZOWarmUpConfig
 
 RUNS = {
     # FedAdam in both phases: its moments are part of the checkpoint; the kills land in both phases
@@ -29,8 +27,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import fedtoy
 from zofed import rounds, tasks
-from zofed.{module} import {algo}
-from zofed.configs import {config}
+from zofed.strategies import {algo}, {config}
 rounds.run({algo}(tasks.build("toy"), {config}(**{cfg!r})), out={out!r}, progress=False, checkpoint_every=3)
 """
 
@@ -49,8 +46,8 @@ def _done(out) -> int:
 
 def _kill_after(name, out, at):
     algo, config, cfg = RUNS[name]
-    code = CHILD.format(tests=os.path.dirname(__file__), module=algo.__module__.split(".")[-1], algo=algo.__name__,
-                        config=config.__name__, cfg=cfg, out=str(out))
+    code = CHILD.format(tests=os.path.dirname(__file__), algo=algo.__name__, config=config.__name__, cfg=cfg,
+                        out=str(out))
     child = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and _done(out) < at:

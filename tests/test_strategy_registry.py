@@ -184,3 +184,40 @@ def test_a_registered_round_algorithm_is_a_choice_with_its_config_fields():
     finally:
         del strategies.ROUNDS["toy-rounds"]
 
+
+
+def test_the_round_algorithms_register_from_their_own_files_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, zofed.strategies as s\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+            "for name in ('fedmezo', 'zowarmup'):\n"
+            "    assert s.ROUNDS[name].config.__module__ == 'zofed.strategies.' + name, s.ROUNDS[name]\n"
+            "import zofed.configs as c\n"
+            "assert not hasattr(c, 'FedMeZOConfig') and not hasattr(c, 'ZOWarmUpConfig')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_round_runs_label_names_its_plots_and_its_fed_table_row(tmp_path, monkeypatch):
+    import dataclasses
+    import sys
+
+    from zofed import plots
+
+    monkeypatch.setitem(strategies.ROUNDS, "fedmezo",
+                        dataclasses.replace(strategies.ROUNDS["fedmezo"], label="FedMeZO (registry)"))
+    titles = []
+    monkeypatch.setattr(plots, "plot_run", lambda rows, out, title="": titles.append(title))
+    run = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["run", "--task", "toy", "--strategy", "fedmezo", "--clients", "2", "--rounds", "2",
+                         "--local-steps", "2", "--batch", "8", "--dirichlet", "0.5", "--no-progress",
+                         "--out", str(run)]) == 0
+    assert titles == ["FedMeZO (registry), 2 clients"]
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    import fed_table
+
+    row = fed_table.row(run)  # a round run's config has no convention or byzantine: the row says what it has
+    assert row["strategy"] == "FedMeZO (registry)" and row["setting"] == "Dirichlet 0.5" and row["steps"] == 2
+    assert row["up_bits_per_step"] == 2 * (64 + 32)  # a round's upload: H = 2 (seed, projection) pairs

@@ -9,9 +9,8 @@ import torch
 from fedtoy import toy_task
 from zofed import rounds, tasks
 from zofed.client import Replica
-from zofed.configs import ZOWarmUpConfig
 from zofed.seeds import step_seed
-from zofed.zowarmup import ZOWarmUp, high_tier, sample
+from zofed.strategies.zowarmup import ZOWarmUp, ZOWarmUpConfig, high_tier, sample
 
 TOY = dict(clients=10, high_fraction=0.3, warmup_rounds=3, zo_rounds=3, fo_lr=0.2, zo_lr=0.05, dirichlet=0.5,
            eval_every=2, seed=5)

@@ -1,4 +1,4 @@
-"""Round algorithms (FedMeZO, ZOWarmUp) as strategies, driven through the transport seam on the one run loop
+"""Round algorithms (zofed.strategies: FedMeZO, ZOWarmUp) driven through the transport seam on the one run loop
 (zofed.loop): the same outputs as zofed.sim (metrics.jsonl, summary.json, plots, an orbit where the run has one)
 and the same resumption.
 
@@ -10,6 +10,7 @@ A round algorithm is three separately callable steps and no wire:
         -> (upload Message, report values)    its upload and the statistics the server's bookkeeping uses
     aggregate(t, uploads) -> Round            the server: {client: (upload, report)} -> the round's broadcast,
                                               its recipients, and the model message the global model follows
+                                              (a zofed.strategies.Round)
     apply(state, msg) -> change               a replica applies a broadcast or model message; FedMeZO returns the
                                               norm of the change it made (its "update" signal), ZOWarmUp None
     conclude(t, change) -> row                the server closes the round, told the global model's change
@@ -32,30 +33,12 @@ import copy
 import dataclasses
 import io
 import pickle
-from typing import NamedTuple
 
-from . import atomic, loop
+from . import atomic, loop, strategies
 from .loop import CHECKPOINT
 from .loop import ROUND_CHECKPOINT as STATE
 from .transport import InProc, split_frames
-from .wire import Ask, Dense, Report, decode, encode
-
-
-class Round(NamedTuple):
-    """What a round's aggregation gives: the broadcast (None: none) and its recipients, and the message that brings
-    the global model to the round's end (the broadcast, or what only the server holds: ZOWarmUp's warm-up)."""
-
-    down: object
-    to: list
-    model: object
-
-
-def expect_upload(msg, kind: type, step: int, client: int):
-    """msg, if it is a `kind` upload for `step`; ValueError naming the client otherwise."""
-    first = getattr(msg, "step", None) if isinstance(msg, Dense) else getattr(msg, "first_step", None)
-    if not isinstance(msg, kind) or first != step:
-        raise ValueError(f"client {client}: expected a {kind.__name__} upload for step {step}, got {msg!r:.80}")
-    return msg
+from .wire import Ask, Report, decode, encode
 
 
 class RoundClient:
@@ -127,11 +110,12 @@ class RoundDriver:
         self.algo, self.task, self.cfg = algo, algo.task, algo.cfg
         self.view = algo.make_state(algo.task.model)
         self.transport = transport or InProcRounds(algo, self.view)
-        self.name, self.clients, self.total = algo.name, algo.cfg.clients, algo.cfg.rounds
+        self.clients, self.total = algo.cfg.clients, algo.cfg.rounds
+        self.name = strategies.run_label(self.config())  # the run's name in its progress bar and plots
         self.counter = self.transport.counter
         self._sha256 = weights_sha256
         self.base_sha256 = weights_sha256(algo.task.model)
-        self.transport.start(dict(config=dataclasses.asdict(self.cfg), strategy=self.name, task=self.task.name,
+        self.transport.start(dict(config=dataclasses.asdict(self.cfg), strategy=algo.name, task=self.task.name,
                                   task_options=dict(self.task.options)), list(range(self.clients)))
 
     @property
@@ -139,7 +123,7 @@ class RoundDriver:
         return self.algo.round
 
     def config(self) -> dict:
-        return dict(dataclasses.asdict(self.cfg), strategy=self.name)
+        return dict(dataclasses.asdict(self.cfg), strategy=self.algo.name)
 
     def advance(self) -> dict:
         """One round: open it, collect the uploads, aggregate, bring the global model and the clients to its end."""
@@ -181,7 +165,7 @@ class RoundDriver:
         if history is None:
             return self.algo.no_orbit
         cfg, task = self.cfg, self.task
-        return (dict(strategy=self.name, strategy_options={}, lr=0.0, eps=cfg.eps, dist=self.algo.dist,
+        return (dict(strategy=self.algo.name, strategy_options={}, lr=0.0, eps=cfg.eps, dist=self.algo.dist,
                      run_seed=cfg.seed, steps=cfg.rounds, task=task.name, task_options=task.options), history)
 
     def close(self) -> None:

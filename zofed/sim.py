@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from . import atomic, loop, strategies
-from .configs import DEFAULT_LR, SimConfig  # noqa: F401 (DEFAULT_LR: part of this module's API)
+from .configs import SimConfig
 from .loop import CHECKPOINT, ROUND_CHECKPOINT  # noqa: F401 (part of this module's API)
 from .seeds import unit
 from .server import ParameterServer

@@ -1,16 +1,19 @@
-"""Federated ZO strategies, one file each, and their registry (base.STRATEGIES): what a client sends, how the
-server aggregates, what every replica applies. Torch-free. See base.py for the interface; a new strategy is
-one file whose class is decorated with @register and imported here; round algorithms register_round.
+"""Federated ZO strategies, one file each, and their registry (base.STRATEGIES, base.ROUNDS): what a client sends,
+how the server aggregates, what every replica applies. Torch-free. See base.py for the interface; a new strategy is
+one file whose class is decorated with @register (a round algorithm's file calls register_round), imported here.
 """
 
-from .base import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUNDS, STRATEGIES, Option, RoundAlgorithm, Steps, Strategy,
-                   field_error, make, register, register_round, run_label)
-from .broadcasts import Broadcasts
+from .base import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUNDS, STRATEGIES, CheckedConfig, Option, Round,
+                   RoundAlgorithm, Steps, Strategy, expect_upload, field_error, make, register, register_round,
+                   run_label)
 from .dp_feedsign import DPFeedSign
 from .fedkseed import FedKSeed
+from .fedmezo import Broadcasts, FedMeZO, FedMeZOConfig
 from .feedsign import FeedSign
 from .zo_fedsgd import ZOFedSGD
+from .zowarmup import ZOWarmUp, ZOWarmUpConfig
 
-__all__ = ["NON_NEGATIVE", "POSITIVE", "POSITIVE_INT", "ROUNDS", "STRATEGIES", "Broadcasts", "DPFeedSign", "FedKSeed",
-           "FeedSign", "Option", "RoundAlgorithm", "Steps", "Strategy", "ZOFedSGD", "field_error", "make", "register",
-           "register_round", "run_label"]
+__all__ = ["NON_NEGATIVE", "POSITIVE", "POSITIVE_INT", "ROUNDS", "STRATEGIES", "Broadcasts", "CheckedConfig",
+           "DPFeedSign", "FedKSeed", "FedMeZO", "FedMeZOConfig", "FeedSign", "Option", "Round", "RoundAlgorithm",
+           "Steps", "Strategy", "ZOFedSGD", "ZOWarmUp", "ZOWarmUpConfig", "expect_upload", "field_error", "make",
+           "register", "register_round", "run_label"]

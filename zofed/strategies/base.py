@@ -37,20 +37,24 @@ derives from it, and nothing else names it (zofed.configs, `zofed run`, orbits, 
         @classmethod
         def build(cls, *, lr, run_seed, values, data_sizes=None): ...  # what else a run needs to build it
 
-A round-based algorithm (zofed.rounds drives it) registers register_round(RoundAlgorithm(name, config, build,
-label)): its config dataclass's fields are its flags and TOML keys (their comments the --help text, validate()
-their checks), build(task, config) makes the algorithm. A module that registers imports no torch at module level
-(the protocol core stays torch-free; build may import it). run_label(config) is a run's name in plots and tables.
+A round-based algorithm (zofed.rounds drives it; its interface is in that module's docstring) is one file too,
+imported here, holding its config and registering register_round(RoundAlgorithm(name, config, build, label, task)):
+its config dataclass (a CheckedConfig) has fields that are its flags and TOML keys (their comments the --help
+text, validate() their checks), build(task, config) makes the algorithm, aggregate returns a Round. A module that
+registers imports no torch at module level (the protocol core stays torch-free): the parts that touch tensors
+import it when called (fedmezo.py, zowarmup.py). run_label(config) is a run's name in plots and tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..seeds import step_seed, unit
-from ..wire import Message, PoolState, Scalars, SeedScalars, StepUpdates, Votes
+from ..wire import Dense, Message, PoolState, Scalars, SeedScalars, StepUpdates, Votes
 
 _BYZANTINE = 0xB7  # hash domain of a Byzantine client's random projection
 _PICK = 0x91  # hash domain of a pool client's candidate choice
@@ -304,6 +308,63 @@ class RoundAlgorithm:
     build: Callable  # (task, config) -> the algorithm zofed.rounds.run drives; may import torch, when called
     label: str = ""  # its name in plots and tables ("": its name)
     task: str = "vader"  # the task a run takes when its config names none
+
+
+class Round(NamedTuple):
+    """What a round algorithm's aggregate(t, uploads) gives: the broadcast (None: none) and its recipients, and the
+    message that brings the global model to the round's end (the broadcast, or what only the server holds:
+    ZOWarmUp's warm-up)."""
+
+    down: object
+    to: list
+    model: object
+
+
+def expect_upload(msg, kind: type, step: int, client: int):
+    """msg, if it is a `kind` upload for `step`; ValueError naming the client otherwise."""
+    first = getattr(msg, "step", None) if isinstance(msg, Dense) else getattr(msg, "first_step", None)
+    if not isinstance(msg, kind) or first != step:
+        raise ValueError(f"client {client}: expected a {kind.__name__} upload for step {step}, got {msg!r:.80}")
+    return msg
+
+
+class CheckedConfig:
+    """The checks of a run config dataclass (SimConfig, a round algorithm's): types from the annotations (strings:
+    the module imports annotations from __future__), then ranges, each failure a field_error."""
+
+    def _bad(self, name: str, why: str):
+        raise field_error(name, why, getattr(self, name))
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), f.type.split(" |")[0]
+            if v is None and "None" in f.type:
+                continue
+            ok = {"str": isinstance(v, str), "bool": isinstance(v, bool),
+                  "int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[kind]
+            if not ok:
+                self._bad(f.name, "must be " + {"str": "a string", "bool": "true or false", "int": "an integer",
+                                                "float": "a number"}[kind])
+
+    def _check(self, positive_ints=(), positive=(), unit=(), choices=None) -> None:
+        """positive_ints >= 1; positive: finite > 0 (skipped when None); unit: in (0, 1]; choices: allowed values."""
+        self._check_types()
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                self._bad(name, "must be a positive integer")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                self._bad(name, "must be a positive finite number")
+        for name in unit:
+            if not 0 < getattr(self, name) <= 1:
+                self._bad(name, "must be in (0, 1]")
+        for name, allowed in (choices or {}).items():
+            if getattr(self, name) not in allowed:
+                self._bad(name, f"must be one of {tuple(allowed)}")
+        if not 0 <= self.seed < 2**63:
+            self._bad("seed", "must be an integer in [0, 2**63)")
 
 
 ROUNDS: dict[str, RoundAlgorithm] = {}  # name -> round algorithm: the other `zofed run --strategy` choices

@@ -26,22 +26,68 @@ global weights (Dense) with its Ask, and the server keeps the new weights (the c
 sampled, or at the pivot); a ZO round's Ask goes to the sampled clients, its broadcast to every client, whose
 state applies it with the server optimizer (FedAdam's moments live on each replica in the ZO phase). The ZO
 rounds' server side is seed/scalar arithmetic; the warm-up's holds the dense weights and steps them with torch
-(the pinned bits are torch's FedAdam arithmetic, which a numpy rewrite would not reproduce).
+(the pinned bits are torch's FedAdam arithmetic, which a numpy rewrite would not reproduce). This module
+registers ZOWarmUp with `import zofed.strategies`, which loads no torch: the functions that touch tensors import
+torch and zofed.client's tensor helpers when called.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .client import Replica, flat_weights, from_dense, load_flat, to_dense
-from .configs import ZOWarmUpConfig
-from .data import dirichlet_split, iid_split
-from .rounds import Round, expect_upload
-from .seeds import step_seed, unit
-from .wire import MAX_FRAME_BYTES, Ask, Dense, Scalars, StepUpdates
+from ..data import dirichlet_split, iid_split
+from ..seeds import step_seed, unit
+from ..wire import MAX_FRAME_BYTES, Ask, Dense, Scalars, StepUpdates
+from .base import CheckedConfig, Round, RoundAlgorithm, expect_upload, register_round
+
+SERVER_OPTS = ("fedavg", "fedadam")
+ZO_UPDATES = ("sum", "data-mean")  # the ZO update: Algorithm 1's sum, or a data-weighted mean
+
+
+@dataclass
+class ZOWarmUpConfig(CheckedConfig):
+    """ZOWarmUp: `warmup_rounds` first-order rounds, then `zo_rounds` zeroth-order ones."""
+
+    clients: int = 50  # K, simulated clients
+    high_fraction: float = 0.1  # the high-resource tier's share of the clients (the "10/90" split: 0.1)
+    warmup_rounds: int = 100  # N: first-order rounds
+    zo_rounds: int = 300  # M: zeroth-order rounds
+    participation: float = 1.0  # fraction of the eligible clients sampled per round (at least one)
+    local_epochs: int = 3  # client SGD epochs per warm-up round
+    fo_batch: int = 64  # client SGD batch in the warm-up
+    fo_lr: float = 0.1  # client SGD step in the warm-up
+    server_opt: str = "fedavg"  # the server optimizer
+    server_lr: float = 1.0  # the server optimizer's step
+    zo_lr: float = 1e-4  # eta_zo; small because "sum" adds up |Q| * S estimates (150 with every client, S = 3)
+    # the ZO update's estimate g: "sum" of the |Q| * S per-probe estimates (Algorithm 1, line 31), or "data-mean":
+    # their mean weighted by the clients' data sizes (sum_j n_j / n / S, about |Q| * S times smaller: scale zo_lr)
+    zo_update: str = "sum"
+    perturbations: int = 3  # S: seeds per client per ZO round
+    tau: float = 0.75  # scale of the Rademacher probes (z = tau * r)
+    eps: float = 1e-3  # perturbation scale
+    dirichlet: float | None = 0.1  # label-skew concentration beta; None: iid
+    high_res_only: bool = False  # the baseline: low-resource clients left out, every round first-order
+    seed: int = 0  # the run seed
+    eval_every: int = 10  # rounds between held-out evaluations
+
+    @property
+    def rounds(self) -> int:
+        return self.warmup_rounds + self.zo_rounds
+
+    def validate(self) -> None:
+        self._check(positive_ints=("clients", "local_epochs", "fo_batch", "perturbations", "eval_every"),
+                    positive=("fo_lr", "server_lr", "zo_lr", "eps", "dirichlet"),
+                    unit=("high_fraction", "participation", "tau"),
+                    choices=dict(server_opt=SERVER_OPTS, zo_update=ZO_UPDATES))
+        for name in ("warmup_rounds", "zo_rounds"):
+            if getattr(self, name) < 0:
+                self._bad(name, "must be an integer >= 0")
+        if self.rounds < 1:
+            self._bad("zo_rounds", "leaves no rounds at all (warmup_rounds + zo_rounds must be >= 1)")
+
 
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-3)  # FedAdam's moments and adaptivity (Reddi et al.'s tau)
 _TIER, _SAMPLE = 0x71E2, 0x5A3
@@ -60,9 +106,11 @@ def sample(cfg: ZOWarmUpConfig, t: int, eligible: list[int]) -> list[int]:
     return picked or [min(eligible, key=draws.get)]
 
 
-def server_step(cfg: ZOWarmUpConfig, moments: list | None, w: torch.Tensor, delta: torch.Tensor):
-    """The server optimizer on a pseudo-gradient `delta` (the change the clients propose): the new weights, and
-    FedAdam's (m, v) (made on first use, updated in place)."""
+def server_step(cfg: ZOWarmUpConfig, moments: list | None, w, delta):
+    """The server optimizer on a pseudo-gradient `delta` (the change the clients propose; w, delta: flat tensors):
+    the new weights, and FedAdam's (m, v) (made on first use, updated in place)."""
+    import torch
+
     if cfg.server_opt == "fedavg":
         return w + cfg.server_lr * delta, moments
     if moments is None:
@@ -81,11 +129,13 @@ class State:
     def __init__(self, model, cfg: ZOWarmUpConfig):
         self.model, self.cfg = model, cfg
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.replica: Replica | None = None
+        self.replica = None  # a zofed.client.Replica
         self.adam: list | None = None
         self.round = 0
 
-    def zo(self) -> Replica:
+    def zo(self):
+        from ..client import Replica
+
         if self.replica is None:
             self.replica = Replica(self.model, eps=self.cfg.eps * self.cfg.tau, dist="rademacher")  # w +- eps tau r
         return self.replica
@@ -104,6 +154,8 @@ class ZOWarmUp:
                 "a sum of seeded updates")
 
     def __init__(self, task, cfg: ZOWarmUpConfig):
+        from ..client import flat_weights
+
         cfg.validate()
         self.task, self.cfg = task, cfg
         self.parts = (iid_split(task.labels, cfg.clients, seed=cfg.seed) if cfg.dirichlet is None else
@@ -126,6 +178,8 @@ class ZOWarmUp:
     # the server side
 
     def requests(self, t: int) -> dict[int, list]:
+        from ..client import to_dense
+
         cfg = self.cfg
         if self.phase(t) == "fo":
             self._picked = sample(cfg, t, self.high)
@@ -139,6 +193,8 @@ class ZOWarmUp:
         return asks
 
     def aggregate(self, t: int, uploads: dict) -> Round:
+        from ..client import from_dense, to_dense
+
         cfg = self.cfg
         missing = sorted(set(self._picked) - set(uploads))
         if missing:
@@ -183,6 +239,10 @@ class ZOWarmUp:
     def _local_sgd(self, state: State, t: int, c: int) -> tuple:
         """`local_epochs` of SGD from the round's weights: the trained weights (Dense) and the mean loss. The state
         is left as the round began (the round's result arrives later)."""
+        import torch
+
+        from ..client import flat_weights, load_flat, to_dense
+
         cfg, task = self.cfg, self.task
         w = flat_weights(state.params).clone()
         rows, losses = self.parts[c], []
@@ -204,24 +264,27 @@ class ZOWarmUp:
         finally:
             load_flat(state.params, w)
 
-    @torch.no_grad()
     def _probes(self, state: State, t: int, c: int) -> tuple:
         """S probes on the client's whole data: the differences L(w + eps z) - L(w - eps z), and their losses."""
-        task, rep = self.task, state.zo()
-        batch = task.batch(self.parts[c])
-        diffs, losses = [], []
-        for s in range(self.cfg.perturbations):
-            plus, minus = rep.evaluate_pair(step_seed(self.cfg.seed, t, c, s),
-                                            lambda: task.losses(state.model, batch).mean())
-            if not (math.isfinite(float(plus)) and math.isfinite(float(minus))):
-                raise FloatingPointError(f"non-finite loss for client {c} in round {t}; weights unchanged")
-            diffs.append(float(plus) - float(minus))
-            losses.append((float(plus) + float(minus)) / 2)
+        import torch
+
+        task, diffs, losses = self.task, [], []
+        with torch.no_grad():
+            rep, batch = state.zo(), task.batch(self.parts[c])
+            for s in range(self.cfg.perturbations):
+                plus, minus = rep.evaluate_pair(step_seed(self.cfg.seed, t, c, s),
+                                                lambda: task.losses(state.model, batch).mean())
+                if not (math.isfinite(float(plus)) and math.isfinite(float(minus))):
+                    raise FloatingPointError(f"non-finite loss for client {c} in round {t}; weights unchanged")
+                diffs.append(float(plus) - float(minus))
+                losses.append((float(plus) + float(minus)) / 2)
         return Scalars(t, tuple(diffs)), losses
 
     def apply(self, state: State, msg) -> None:
         """Global weights (Dense: the weights at the start of round msg.step), or a ZO round's broadcast, applied
         once per state with the server optimizer."""
+        from ..client import from_dense, load_flat
+
         if isinstance(msg, Dense):
             load_flat(state.params, from_dense(msg))
             state.round = msg.step
@@ -234,32 +297,40 @@ class ZOWarmUp:
         self.zo_update(state, t, msg.steps[0])
         state.round = t + 1
 
-    @torch.no_grad()
     def zo_update(self, state: State, t: int, pairs) -> None:
         """w -= server_lr * zo_lr * g (FedAvg), or FedAdam on the pseudo-gradient -zo_lr * g, its moments restarted
         at the pivot (the low-resource clients never saw the warm-up's)."""
-        cfg, rep = self.cfg, state.zo()
-        seeds = tuple(s for s, _ in pairs)
-        if cfg.server_opt == "fedavg":
-            k = -cfg.server_lr * cfg.zo_lr
-            rep.apply([("update", seeds, tuple(k * g for _, g in pairs))])
-            return
-        w = flat_weights(state.params).clone()
-        if t == cfg.warmup_rounds:
-            state.adam = None
-        rep.apply([("update", seeds, tuple(-cfg.zo_lr * g for _, g in pairs))])
-        new, state.adam = server_step(cfg, state.adam, w, flat_weights(state.params) - w)
-        load_flat(state.params, new)
+        import torch
+
+        from ..client import flat_weights, load_flat
+
+        cfg, seeds = self.cfg, tuple(s for s, _ in pairs)
+        with torch.no_grad():
+            rep = state.zo()
+            if cfg.server_opt == "fedavg":
+                k = -cfg.server_lr * cfg.zo_lr
+                rep.apply([("update", seeds, tuple(k * g for _, g in pairs))])
+                return
+            w = flat_weights(state.params).clone()
+            if t == cfg.warmup_rounds:
+                state.adam = None
+            rep.apply([("update", seeds, tuple(-cfg.zo_lr * g for _, g in pairs))])
+            new, state.adam = server_step(cfg, state.adam, w, flat_weights(state.params) - w)
+            load_flat(state.params, new)
 
     # checkpoints: the global model's state and the server's (FedAdam's moments: the server's up to the pivot,
     # the replicas' after it)
 
     def state_dict(self, state: State) -> dict:
+        from ..client import flat_weights
+
         server_moments = self.cfg.high_res_only or self.round <= self.cfg.warmup_rounds
         return dict(round=self.round, weights=flat_weights(state.params).clone(),
                     adam=self.adam if server_moments else state.adam)
 
     def load_state_dict(self, state: State, saved: dict) -> None:
+        from ..client import load_flat
+
         load_flat(state.params, saved["weights"])
         self.round = state.round = saved["round"]
         self.w = saved["weights"].clone()
@@ -268,3 +339,5 @@ class ZOWarmUp:
         else:
             state.adam = saved["adam"]
 
+
+register_round(RoundAlgorithm("zowarmup", ZOWarmUpConfig, ZOWarmUp, task="digits"))

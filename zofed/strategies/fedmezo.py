@@ -28,15 +28,65 @@ from __future__ import annotations
 
 import base64
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from .configs import FedMeZOConfig
-from .data import dirichlet_split, iid_split
-from .rounds import Round, expect_upload
-from .seeds import step_seed
-from .strategies import Broadcasts
-from .wire import MAX_FRAME_BYTES, Ask, Dense, Report, SeedScalars, StepUpdates, decode, encode
+from ..data import dirichlet_split, iid_split
+from ..seeds import step_seed
+from ..wire import MAX_FRAME_BYTES, Ask, Dense, Report, SeedScalars, StepUpdates, decode, encode
+from .base import CheckedConfig, Round, RoundAlgorithm, Strategy, _join_steps, _one, _split_steps, expect_upload, \
+    register_round
+from .fedkseed import CLIENT_WEIGHTS
+
+SIGNALS = ("round-loss", "five-round-loss", "update")  # the heterogeneity signals (fedmezo.txt 5.4)
+
+
+@dataclass
+class FedMeZOConfig(CheckedConfig):
+    """FedMeZO: `rounds` rounds of H = `local_steps` MeZO steps per client."""
+
+    clients: int = 5  # K, simulated clients
+    rounds: int = 10  # communication rounds
+    local_steps: int = 30  # H: MeZO steps per client per round
+    lr: float = 1e-3  # eta_0: the MeZO step size
+    eps: float = 1e-3  # perturbation scale
+    batch: int = 16  # examples per client per MeZO step
+    encoding: str = "seeds"  # upload: seeds (H seed/projection pairs, replayed) or dense weights
+    client_weights: str = "equal"  # the server's average: equal 1/N (fedmezo.txt eq. 1), or by data size (FedAvg)
+    alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
+    signal: str = "update"  # heterogeneity signal of the personalized rates (fedmezo.txt 5.4)
+    dirichlet: float | None = None  # label-skew concentration beta; None: iid
+    seed: int = 0  # the run seed
+    eval_every: int = 1  # rounds between held-out evaluations
+
+    def validate(self) -> None:
+        self._check(positive_ints=("clients", "rounds", "local_steps", "batch", "eval_every"),
+                    positive=("lr", "eps", "dirichlet"),
+                    choices=dict(encoding=("seeds", "dense"), signal=SIGNALS, client_weights=CLIENT_WEIGHTS))
+        if not 0 <= self.alpha < 1:
+            self._bad("alpha", "must be in [0, 1) so every eta_i stays positive")
+
+
+class Broadcasts(Strategy):
+    """FedMeZO's seed-replay broadcasts as a step strategy whose values are the final update coefficients, applied
+    as they are (FedMeZO.aggregate computes them). Only replayed (orbits, the FedMeZO replicas), never run by the
+    step simulator, so it is not in STRATEGIES."""
+
+    name = "fedmezo"
+
+    def __init__(self):  # no lr or seed of its own: the coefficients and seeds travel in the broadcasts
+        pass
+
+    def ops(self, step, down):
+        (pairs,) = _one(down, StepUpdates, step, "broadcast").steps
+        return [("update", tuple(s for s, _ in pairs), tuple(c for _, c in pairs))]
+
+    def history(self, first_step, downs):
+        return _join_steps(first_step, downs)
+
+    def steps_of(self, history):
+        return _split_steps(history)
 
 
 def heterogeneity(signal: list[float]) -> list[float]:
@@ -131,7 +181,7 @@ class FedMeZO:
     # the client side
 
     def make_state(self, model):
-        from .client import Replica
+        from ..client import Replica
 
         return Replica(model, eps=self.cfg.eps)
 
@@ -140,7 +190,7 @@ class FedMeZO:
         weights are restored afterwards: the round's result arrives as the broadcast."""
         import torch
 
-        from .client import flat_weights, to_dense
+        from ..client import flat_weights, to_dense
 
         cfg, task = self.cfg, self.task
         if rep.step != t:
@@ -178,7 +228,7 @@ class FedMeZO:
         """A round's broadcast, once per state (a shared one skips it when it comes again); the change's norm."""
         import torch
 
-        from .client import from_dense, load_flat
+        from ..client import from_dense, load_flat
 
         t = down.first_step if isinstance(down, StepUpdates) else down.step - 1
         if rep.step > t:
@@ -215,3 +265,6 @@ class FedMeZO:
 def _distance(params, start) -> float:
     """||params - start||, summed per tensor in float32 as the personalization signal always was."""
     return math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(params, start)))
+
+
+register_round(RoundAlgorithm("fedmezo", FedMeZOConfig, FedMeZO))
