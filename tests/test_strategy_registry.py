@@ -168,9 +168,16 @@ def test_a_registered_round_algorithm_is_a_choice_with_its_config_fields():
         rounds: int = 3
         toy_width: int = 7  # how wide the toy rounds are
 
-    algorithm = strategies.RoundAlgorithm("toy-rounds", ToyRoundsConfig, build=lambda task, cfg: None, task="toy")
+    algorithm = strategies.RoundAlgorithm("toy-rounds", ToyRoundsConfig, build=lambda task, cfg: None,
+                                          label="toy rounds", task="toy")
     strategies.register_round(algorithm)
     try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            cli.main(["run", "--help"])
+        help_text = " ".join(out.getvalue().split())  # argparse wraps lines
+        assert "toy-rounds" in help_text and "--toy-width TOY_WIDTH how wide the toy rounds are" in help_text
+        assert strategies.run_label(dict(strategy="toy-rounds", toy_width=9)) == "toy rounds"
         o = cli._run_options(cli._parser().parse_args(["run", "--strategy", "toy-rounds", "--toy-width", "9",
                                                        "--out", "x"]))
         assert o["toy_width"] == 9 and o["task"] == "toy" and cli.config_class("toy-rounds") is ToyRoundsConfig

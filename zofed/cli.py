@@ -48,9 +48,9 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def _field_docs(cls) -> dict:
-    """name -> the comment on the line that declares the field in cls's source (zofed/configs.py), or else the
-    comment lines right above it: the one place a config field is documented, for `zofed run --help` as for a
-    reader of the code."""
+    """name -> the comment on the line that declares the field in cls's source (zofed/configs.py, or a round
+    algorithm's file under zofed/strategies/), or else the comment lines right above it: the one place a config
+    field is documented, for `zofed run --help` as for a reader of the code."""
     names = {f.name for f in dataclasses.fields(cls)}
     try:
         source = inspect.getsource(cls)
