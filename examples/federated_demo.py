@@ -66,7 +66,7 @@ def main(argv=None) -> list[dict]:
                           final=s["final_accuracy"], payload_up=s["payload_bits_up_per_client_per_step"],
                           payload_down=s["payload_bits_down_per_client_per_step"], bytes_up=s["bytes_up_per_client"],
                           bytes_down=s["bytes_down_per_client"], steps=s["steps"], seconds=s["seconds"]))
-    lr = strategies.STRATEGIES["zo-fedsgd"].default_lr  # the zo-fedsgd run's lr: the centralized baseline takes its step
+    lr = strategies.STRATEGIES["zo-fedsgd"].default_lr  # the centralized baseline takes the zo-fedsgd runs' step
     rows, seconds = centralized(fresh(), args.steps, 16 * args.clients, lr, 50)
     curves["ZO-SGD, centralized"] = rows
     table.append(dict(run="ZO-SGD, centralized", initial=rows[0]["accuracy"], final=rows[-1]["accuracy"],
