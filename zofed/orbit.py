@@ -149,7 +149,7 @@ def _check_config(c) -> None:
     if not isinstance(c, dict) or sorted(c) != sorted(CONFIG_KEYS):
         got = sorted(c) if isinstance(c, dict) else f"a JSON {type(c).__name__}"
         raise OrbitError(f"corrupt orbit config: it holds {got}, a run config holds {sorted(CONFIG_KEYS)}")
-    names = (*sorted(strategies.STRATEGIES), strategies.Broadcasts.name)  # the registry as it is now
+    names = (*sorted(strategies.STRATEGIES), *sorted(n for n, r in strategies.ROUNDS.items() if r.replay))  # as now
     checks = dict(
         strategy=("one of " + ", ".join(names), lambda v: v in names),
         dist=("one of " + ", ".join(DISTS), lambda v: v in DISTS),
@@ -199,10 +199,10 @@ def _shown(v) -> str:
 def make_strategy(config: dict) -> strategies.Strategy:
     """The strategy a checked run config names; OrbitError if it does not take the recorded options."""
     name, options = config["strategy"], config["strategy_options"]
-    if name == strategies.Broadcasts.name:
+    if name in strategies.ROUNDS:  # a round algorithm's orbit holds its final coefficients: replayed as they are
         if options:
             raise OrbitError(f"corrupt orbit config: strategy {name!r} takes no options, got {sorted(options)}")
-        return strategies.Broadcasts()
+        return strategies.ROUNDS[name].replay()
     takes = set(inspect.signature(strategies.STRATEGIES[name]).parameters) - {"lr", "run_seed"}
     if set(options) - takes:
         raise OrbitError(f"corrupt orbit config: strategy {name!r} takes the options {sorted(takes)}, "

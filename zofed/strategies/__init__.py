@@ -8,12 +8,12 @@ from .base import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUNDS, STRATEGIES, Che
                    run_label)
 from .dp_feedsign import DPFeedSign
 from .fedkseed import FedKSeed
-from .fedmezo import Broadcasts, FedMeZO, FedMeZOConfig
+from .fedmezo import FedMeZO, FedMeZOConfig
 from .feedsign import FeedSign
 from .zo_fedsgd import ZOFedSGD
 from .zowarmup import ZOWarmUp, ZOWarmUpConfig
 
-__all__ = ["NON_NEGATIVE", "POSITIVE", "POSITIVE_INT", "ROUNDS", "STRATEGIES", "Broadcasts", "CheckedConfig",
+__all__ = ["NON_NEGATIVE", "POSITIVE", "POSITIVE_INT", "ROUNDS", "STRATEGIES", "CheckedConfig",
            "DPFeedSign", "FedKSeed", "FedMeZO", "FedMeZOConfig", "FeedSign", "Option", "Round", "RoundAlgorithm",
            "Steps", "Strategy", "ZOFedSGD", "ZOWarmUp", "ZOWarmUpConfig", "expect_upload", "field_error", "make",
            "register", "register_round", "run_label"]

@@ -308,6 +308,7 @@ class RoundAlgorithm:
     build: Callable  # (task, config) -> the algorithm zofed.rounds.run drives; may import torch, when called
     label: str = ""  # its name in plots and tables ("": its name)
     task: str = "vader"  # the task a run takes when its config names none
+    replay: type | None = None  # the Strategy that replays its orbit's broadcasts (None: its runs have no orbit)
 
 
 class Round(NamedTuple):

@@ -267,4 +267,4 @@ def _distance(params, start) -> float:
     return math.sqrt(sum(float((p.float() - s.float()).pow(2).sum()) for p, s in zip(params, start)))
 
 
-register_round(RoundAlgorithm("fedmezo", FedMeZOConfig, FedMeZO))
+register_round(RoundAlgorithm("fedmezo", FedMeZOConfig, FedMeZO, replay=Broadcasts))
