@@ -11,7 +11,9 @@ and the C++/torch backends (docs/noise.md):
   rounding float add/sub/mul without an explicit round-to-nearest (ptxas may contract an unrounded
            mul + add into an FMA; a .rn operation it never contracts)
 
-and no kernel may scale tl.program_id in 32 bits (the element offset wraps past 2^33 elements).
+and no kernel may scale tl.program_id in 32 bits (the element offset wraps past 2^33 elements). The SASS
+(cuobjdump from Triton's wheel) of the unmasked update's main path must stay within a per-element
+instruction budget for the variants that bound the kernels' speed on a GPU (SASS_BUDGET).
 
 Spec version 2 (VERSION=2, with its table) is compiled for every dist in the noise kernel and in the update
 kernel's bfloat16/stochastic variant: the rounding code is shared with version 1, so these cover what
@@ -126,6 +128,27 @@ def _target_unusable(arch):
     return None
 
 
+def _sass_main_path(cubin: bytes) -> int | None:
+    """SASS instructions (NOPs aside) on the kernel's main path: up to the last EXIT before the first RET
+    (the IEEE division / square root slow paths are subroutines placed after it), as
+    ../shared/tools/aot_check.py counts them. None without the cuobjdump Triton's wheel ships."""
+    import tempfile
+
+    from triton import knobs
+
+    tool = knobs.nvidia.cuobjdump.path
+    if not tool or not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
+    first_ret = next((i for i, op in enumerate(ops) if op.startswith("RET")), len(ops))
+    end = max((i + 1 for i, op in enumerate(ops[:first_ret]) if op == "EXIT"), default=first_ret)
+    return sum(op != "NOP" for op in ops[:end])
+
+
 def _compile_all():
     kernels, launches = _recorded_launches()
     out = {"kernels": sorted(kernels), "variants": [], "skipped": {}}
@@ -138,7 +161,8 @@ def _compile_all():
             asm = _compile(kernels[name], args, kw, arch)
             constexprs = {k: v for k, v in _launch_constexprs(kernels[name], kw).items() if k != "table_ptr"}
             out["variants"].append({"kernel": name, "arch": arch, "constexprs": constexprs,
-                                    "ptx": asm["ptx"], "ttir": asm["ttir"]})
+                                    "ptx": asm["ptx"], "ttir": asm["ttir"],
+                                    "sass_main_path": _sass_main_path(asm["cubin"])})
     return out
 
 
@@ -248,6 +272,38 @@ def test_spec_v2_gaussian_is_polynomial_without_division_or_square_root(compiled
     for v in gaussian:
         ops = set(ptx_opcodes(v["ptx"]))
         assert not {op for op in ops if op.startswith(("div.", "sqrt.", "lg2.", "ex2.", "sin.", "cos."))}, _label(v)
+
+
+# SASS instructions per element on the main path of the unmasked update (K = 1, sm_90), at most. The issue-rate
+# model of ../shared/tools/aot_check.py (H100: 128 instructions per clock per SM, 3.35 TB/s) reaches full HBM
+# bandwidth at 80 per element for float32 (8 bytes moved per element) and 40 for bfloat16 (4 bytes). These
+# pin what the kernels reach today so that a change adding instructions to the hot path shows here.
+SASS_BUDGET = {  # (dtype, dist, rounding, version): instructions per element
+    ("float32", "gaussian", "nearest", 1): 80.0,
+    ("bfloat16", "gaussian", "nearest", 1): 81.0,
+    ("bfloat16", "gaussian", "stochastic", 1): 89.0,
+    ("bfloat16", "gaussian", "stochastic", 2): 60.0,  # the one update variant compiled for version 2
+}
+
+
+def test_update_hot_path_stays_within_its_sass_budget(compiled):
+    from zokernels.triton import noise as tn
+
+    dtypes = {code: str(dtype).replace("torch.", "") for dtype, code in tn._DTYPE_CODES.items()}
+    dists = {code: name for name, code in tn.DIST_CODES.items()}
+    elements_per_thread = 4 * tn.BLOCK_G // (32 * 4)  # num_warps: Triton's default 4 (the launches set none)
+    found = {}
+    for v in compiled["variants"]:
+        c = v["constexprs"]
+        if v["kernel"] == "_update_kernel" and v["arch"] == 90 and not c["MASKED"]:
+            key = (dtypes[c["DTYPE"]], dists[c["DIST"]], "stochastic" if c["STOCHASTIC"] else "nearest", c["VERSION"])
+            if key in SASS_BUDGET:
+                if v["sass_main_path"] is None:
+                    pytest.skip("Triton's wheel ships no cuobjdump here")
+                found[key] = v["sass_main_path"] / elements_per_thread
+    assert set(found) == set(SASS_BUDGET)
+    over = {k: (round(n, 2), SASS_BUDGET[k]) for k, n in found.items() if n > SASS_BUDGET[k]}
+    assert not over, f"SASS instructions per element (found, budget): {over}"
 
 
 def test_program_id_is_widened_to_64_bits_before_any_arithmetic(compiled):

@@ -126,3 +126,22 @@ def test_block_must_be_a_power_of_two(block):
         tn.noise(torch.empty(4), 0, 1, 0, "gaussian", block=block)
     with pytest.raises(ValueError, match="power of two"):
         tn.update_([torch.zeros(4)], [1], [0.5], [0], [0], "gaussian", "nearest", block=block)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_bfloat16_full_tiles_read_the_source_and_write_the_target(rounding):
+    """Full bfloat16 tiles move one 64-bit word per Philox group: read from the source, written to the
+    target, each group's four elements in order, next to the masked tail tiles of the same tensors."""
+    gen = torch.Generator().manual_seed(1)
+    cases = [(2 * TILE, 0), (3 * TILE + 7, 4), (TILE + 4, 2**34 - 4)]  # offsets keep the groups word-aligned
+    sources = [(torch.randn(n, generator=gen) * 3).to(torch.bfloat16) for n, _ in cases]
+    targets = [torch.zeros(n, dtype=torch.bfloat16, device=DEVICE) for n, _ in cases]
+    offsets, keys = [o for _, o in cases], [3, 4, 5]
+    originals = [s.clone() for s in sources]
+    expected = [torch.zeros(n, dtype=torch.bfloat16) for n, _ in cases]
+    for t, src, key, off in zip(expected, sources, keys, offsets):
+        reference.update_(t, [7, 2**64 - 1], [0.125, -2.0], key, off, "gaussian", rounding, src)
+    on_device = [s.to(DEVICE) for s in sources]
+    tn.update_(targets, [7, 2**64 - 1], [0.125, -2.0], keys, offsets, "gaussian", rounding, on_device, block=BLOCK)
+    assert all(torch.equal(bits(t.cpu()), bits(e)) for t, e in zip(targets, expected))
+    assert all(torch.equal(bits(s.cpu()), bits(o)) for s, o in zip(on_device, originals))

@@ -300,6 +300,33 @@ def _group_ptrs(addr, base, e, ELEM: tl.constexpr, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _bf16_group_ptrs(addr, base, BLOCK: tl.constexpr):
+    """A full tile of bfloat16 as one 64-bit word per Philox group (its elements 0..3 from the low half
+    up; the unmasked launch holds only groups aligned to 8 bytes), in the layout the Philox words have, so
+    no exchange between threads. An element is then one shift or one and away from its float32 and back,
+    where 16-bit elements cost a widening and a packing each."""
+    return (addr + base * 2).to(tl.pointer_type(tl.uint64)) + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _bf16_groups_to_f32(words):
+    lo = words.to(tl.uint32)
+    hi = (words >> 32).to(tl.uint32)
+    return _interleave4(lo << 16, lo & 0xFFFF0000, hi << 16, hi & 0xFFFF0000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _f32_to_bf16_groups(w):
+    """float32 values of bfloat16 numbers, [G, 4] -> one 64-bit word per group (see _bf16_group_ptrs)."""
+    even, odd = tl.split(tl.reshape(w.to(tl.uint32, bitcast=True), (w.shape[0], 2, 2)))
+    e0, e2 = tl.split(even)
+    e1, e3 = tl.split(odd)
+    lo = (e1 & 0xFFFF0000) | (e0 >> 16)
+    hi = (e3 & 0xFFFF0000) | (e2 >> 16)
+    return (hi.to(tl.uint64) << 32) | lo.to(tl.uint64)
+
+
+@triton.jit
 def _load(ptr, mask):
     """Full tiles (mask None) load without a predicate; partial ones read 0 outside the tensor."""
     if mask is None:
@@ -330,6 +357,8 @@ def _store_flagging_non_finite(ptr, w, flag, mask, DTYPE: tl.constexpr):
     tl.store(flag + tl.zeros(largest.shape, tl.int32), 1, mask=(largest & 0x7F800000) == 0x7F800000)
     if DTYPE == 0:
         tl.store(ptr, w, mask=mask)
+    elif DTYPE == 1 and mask is None:
+        tl.store(ptr, _f32_to_bf16_groups(w))
     elif DTYPE == 1:  # w holds bfloat16 values: their bits are its high half
         tl.store(ptr, (w.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16), mask=mask)
     else:
@@ -358,9 +387,12 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
     if DTYPE == 0:
         ptr = _group_ptrs(addr, base, e, tl.float32, MASKED)
         w = _load(_group_ptrs(src, base, e, tl.float32, MASKED), mask)
-    elif DTYPE == 1:
+    elif DTYPE == 1 and MASKED:
         ptr = _group_ptrs(addr, base, e, tl.uint16, MASKED)
         w = _bf16_bits_to_f32(_load(_group_ptrs(src, base, e, tl.uint16, MASKED), mask))
+    elif DTYPE == 1:
+        ptr = _bf16_group_ptrs(addr, base, BLOCK)
+        w = _bf16_groups_to_f32(tl.load(_bf16_group_ptrs(src, base, BLOCK)))
     else:
         ptr = _group_ptrs(addr, base, e, tl.float16, MASKED)
         w = _load(_group_ptrs(src, base, e, tl.float16, MASKED), mask).to(tl.float32)
