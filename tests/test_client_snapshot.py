@@ -241,5 +241,6 @@ def test_a_clientapp_state_that_gives_other_weights_falls_back_then_errs_by_name
     assert restore(rc, 1, str(stem))[1].checksum() == checksum  # claims the whole log: refused, the log replayed
     assert "other weights than the log's checksum" in capsys.readouterr().err
     log.write_bytes(b"".join(frames[:-2]) + frames[-1])  # a log without its last frame: not the checksum's weights
-    with pytest.raises(StateError, match=r"c1\.frames gave client 1 other weights.*c1\.state: it covers 6 frames of a log of 5"):
+    with pytest.raises(StateError, match=r"c1\.frames gave client 1 other weights.*c1\.state: it covers 6 frames "
+                                         r"of a log of 5"):
         restore(rc, 1, str(stem))

@@ -63,6 +63,8 @@ def scenarios(out: str) -> None:
             if killed is None and len(rows) >= 2:  # round 1 done
                 d.kill_node(KILLED)
                 killed = len(rows)
+                left = children.marked(f"{d.children.token}/node{KILLED}")  # its SuperExec and ClientApps too
+                assert not left, f"processes of the killed SuperNode left: {left}"
             if killed is not None and not restarted and len(rows) > killed:  # a round closed without it
                 d.start_node(KILLED)
                 restarted = True

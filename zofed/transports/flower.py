@@ -1,6 +1,7 @@
 """Flower on this machine: a SuperLink and one SuperNode per client on 127.0.0.1, and the zofed Flower app
-run on them with `flwr run`, as child processes that are all stopped on close, on error and at exit.
-Imports no torch. A multi-machine deployment runs the same commands by hand (README: Flower deployment).
+run on them with `flwr run`, as child processes that are all stopped on close, on error and at exit, and killed
+with whatever they started when this process is killed (on Linux: zofed.transports.children). Imports no torch.
+A multi-machine deployment runs the same commands by hand (README: Flower deployment).
 
 The app's folder is generated into the run's folder (flower/app/pyproject.toml names the ServerApp and
 ClientApp components of this package and carries the run's config), with FLWR_HOME (flower/home: the
@@ -94,7 +95,7 @@ class Deployment:
                     f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
 
     def start_node(self, cid: int) -> None:
-        """The SuperNode of client cid (again, after kill_node: its state folder keeps its client's log)."""
+        """The SuperNode of client cid (again, after kill_node: its state folder keeps its client's state and log)."""
         state = os.path.join(self.folder, "state", str(cid))
         os.makedirs(state, exist_ok=True)
         self.children.start(f"node{cid}", [
