@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "zo_gaussian_table.h"
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
@@ -75,6 +76,7 @@ struct PhiloxKeys {
 struct Vec512 {
   using T = __m512i;
   static constexpr int LANES = 16;
+  static constexpr int INTERLEAVED = 2;  // vectors per Philox call (philox_vec): 32 registers hold two
   static T load(const uint32_t *p) { return _mm512_loadu_si512(p); }
   static void store(uint32_t *p, T v) { _mm512_storeu_si512(p, v); }
   static T set1(uint32_t v) { return _mm512_set1_epi32((int)v); }
@@ -100,6 +102,7 @@ struct Vec512 {
 struct Vec256 {
   using T = __m256i;
   static constexpr int LANES = 8;
+  static constexpr int INTERLEAVED = 1;  // two would spill 16 registers (measured slower)
   static T load(const uint32_t *p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)); }
   static void store(uint32_t *p, T v) { _mm256_storeu_si256(reinterpret_cast<__m256i *>(p), v); }
   static T set1(uint32_t v) { return _mm256_set1_epi32((int)v); }
@@ -121,6 +124,7 @@ struct Vec256 {
 struct Vec128 {
   using T = __m128i;
   static constexpr int LANES = 4;
+  static constexpr int INTERLEAVED = 1;
   static T load(const uint32_t *p) { return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p)); }
   static void store(uint32_t *p, T v) { _mm_storeu_si128(reinterpret_cast<__m128i *>(p), v); }
   static T set1(uint32_t v) { return _mm_set1_epi32((int)v); }
@@ -151,26 +155,30 @@ using NativeVec = Vec256;
 using NativeVec = Vec128;
 #endif
 
-// Philox4x32-ROUNDS on the V::LANES counters (x0, x1, x2, x3) in registers, in place: two chains, even and odd
-// lanes, as above (a round is a chain of dependent instructions and one chain leaves the multiplier idle).
-template <typename V, int ROUNDS>
-static inline void philox_vec(const PhiloxKeys<ROUNDS> &k, typename V::T &x0, typename V::T &x1, typename V::T &x2,
-                              typename V::T &x3) {
+// Philox4x32-ROUNDS on M vectors of V::LANES counters, x[m] = (word 0, 1, 2, 3), in registers, in place: each
+// vector runs as two chains, even and odd lanes (above), and the M vectors interleave, because a round is a
+// chain of dependent instructions and too few chains leave the multiplier idle.
+template <typename V, int ROUNDS, int M>
+static inline void philox_vec(const PhiloxKeys<ROUNDS> &k, typename V::T (&x)[M][4]) {
   using T = typename V::T;
   const T ma = V::set1(PHILOX_ROUND_A), mb = V::set1(PHILOX_ROUND_B);
-  T e0 = x0, e1 = x1, e2 = x2, e3 = x3;
-  T o0 = V::swap(e0), o1 = V::swap(e1), o2 = V::swap(e2), o3 = V::swap(e3);
+  T e[M][4], o[M][4];
+  for (int m = 0; m < M; ++m)
+    for (int w = 0; w < 4; ++w) e[m][w] = x[m][w], o[m][w] = V::swap(x[m][w]);
   for (int r = 0; r < ROUNDS; ++r) {
     const T ka = V::set1(k.a[r]), kb = V::set1(k.b[r]);
-    const T ea = V::mul_even(e0, ma), oa = V::mul_even(o0, ma);
-    const T eb = V::mul_even(e2, mb), ob = V::mul_even(o2, mb);
-    e0 = V::xor3(V::swap(eb), e1, ka);
-    o0 = V::xor3(V::swap(ob), o1, ka);
-    e2 = V::xor3(V::swap(ea), e3, kb);
-    o2 = V::xor3(V::swap(oa), o3, kb);
-    e1 = eb, o1 = ob, e3 = ea, o3 = oa;
+    for (int m = 0; m < M; ++m) {
+      const T ea = V::mul_even(e[m][0], ma), oa = V::mul_even(o[m][0], ma);
+      const T eb = V::mul_even(e[m][2], mb), ob = V::mul_even(o[m][2], mb);
+      e[m][0] = V::xor3(V::swap(eb), e[m][1], ka);
+      o[m][0] = V::xor3(V::swap(ob), o[m][1], ka);
+      e[m][2] = V::xor3(V::swap(ea), e[m][3], kb);
+      o[m][2] = V::xor3(V::swap(oa), o[m][3], kb);
+      e[m][1] = eb, o[m][1] = ob, e[m][3] = ea, o[m][3] = oa;
+    }
   }
-  x0 = V::merge(e0, o0), x1 = V::merge(e1, o1), x2 = V::merge(e2, o2), x3 = V::merge(e3, o3);
+  for (int m = 0; m < M; ++m)
+    for (int w = 0; w < 4; ++w) x[m][w] = V::merge(e[m][w], o[m][w]);
 }
 
 // Philox4x32-ROUNDS over N counters at once (structure of arrays so it vectorizes).
@@ -189,11 +197,20 @@ static inline void philox_block(uint64_t seed, uint32_t key, uint32_t tag, uint6
   int n = 0;
 #if defined(__SSE2__)
   using V = NativeVec;
-  for (; n + V::LANES <= N; n += V::LANES) {
-    typename V::T a = V::load(x0 + n), b = V::load(x1 + n), c = V::load(x2 + n), d = V::load(x3 + n);
-    philox_vec<V, ROUNDS>(k, a, b, c, d);
-    V::store(x0 + n, a), V::store(x1 + n, b), V::store(x2 + n, c), V::store(x3 + n, d);
-  }
+  auto run = [&](auto vectors) {  // philox_vec on `vectors` vectors of counters from n on
+    constexpr int M = decltype(vectors)::value;
+    typename V::T x[M][4];
+    for (int m = 0; m < M; ++m)
+      x[m][0] = V::load(x0 + n + m * V::LANES), x[m][1] = V::load(x1 + n + m * V::LANES),
+      x[m][2] = V::load(x2 + n + m * V::LANES), x[m][3] = V::load(x3 + n + m * V::LANES);
+    philox_vec<V, ROUNDS, M>(k, x);
+    for (int m = 0; m < M; ++m)
+      V::store(x0 + n + m * V::LANES, x[m][0]), V::store(x1 + n + m * V::LANES, x[m][1]),
+      V::store(x2 + n + m * V::LANES, x[m][2]), V::store(x3 + n + m * V::LANES, x[m][3]);
+    n += M * V::LANES;
+  };
+  while (n + V::INTERLEAVED * V::LANES <= N) run(std::integral_constant<int, V::INTERLEAVED>());
+  while (n + V::LANES <= N) run(std::integral_constant<int, 1>());
 #endif
   for (; n < N; ++n)
     for (int r = 0; r < ROUNDS; ++r) philox_round(x0[n], x1[n], x2[n], x3[n], k.a[r], k.b[r]);
@@ -215,21 +232,27 @@ static inline void philox_elements(uint64_t seed, uint32_t key, uint32_t tag, ui
   for (int j = 0; j < L; ++j) lane_counter[j] = (uint32_t)(Q * (j % 4) + j / 4);
   const T offsets = V::load(lane_counter), keys = V::set1(key), tags = V::set1(tag);
   const PhiloxKeys<ROUNDS> k(seed);
-  for (int n = 0; n < N; n += L) {
-    const uint64_t g = g0 + (uint64_t)n;
-    T c0, c1;
-    if ((uint32_t)g <= 0xFFFFFFFFu - (uint32_t)(L - 1)) {  // the low words do not wrap within the vector
-      c0 = V::add(V::set1((uint32_t)g), offsets), c1 = V::set1((uint32_t)(g >> 32));
-    } else {
-      alignas(64) uint32_t lo[L], hi[L];
-      for (int j = 0; j < L; ++j) lo[j] = (uint32_t)(g + lane_counter[j]), hi[j] = (uint32_t)((g + lane_counter[j]) >> 32);
-      c0 = V::load(lo), c1 = V::load(hi);
+  constexpr int M = V::INTERLEAVED;
+  static_assert(N % (M * L) == 0, "whole groups of vectors");
+  for (int n = 0; n < N; n += M * L) {
+    T x[M][4];
+    for (int m = 0; m < M; ++m) {
+      const uint64_t g = g0 + (uint64_t)(n + m * L);
+      if ((uint32_t)g <= 0xFFFFFFFFu - (uint32_t)(L - 1)) {  // the low words do not wrap within the vector
+        x[m][0] = V::add(V::set1((uint32_t)g), offsets), x[m][1] = V::set1((uint32_t)(g >> 32));
+      } else {
+        alignas(64) uint32_t lo[L], hi[L];
+        for (int j = 0; j < L; ++j)
+          lo[j] = (uint32_t)(g + lane_counter[j]), hi[j] = (uint32_t)((g + lane_counter[j]) >> 32);
+        x[m][0] = V::load(lo), x[m][1] = V::load(hi);
+      }
+      x[m][2] = keys, x[m][3] = tags;
     }
-    T c2 = keys, c3 = tags;
-    philox_vec<V, ROUNDS>(k, c0, c1, c2, c3);
-    V::transpose4(c0, c1, c2, c3);
-    V::store(u + 4 * n, c0), V::store(u + 4 * n + L, c1), V::store(u + 4 * n + 2 * L, c2);
-    V::store(u + 4 * n + 3 * L, c3);
+    philox_vec<V, ROUNDS, M>(k, x);
+    for (int m = 0; m < M; ++m) {
+      V::transpose4(x[m][0], x[m][1], x[m][2], x[m][3]);
+      for (int w = 0; w < 4; ++w) V::store(u + 4 * (n + m * L) + w * L, x[m][w]);
+    }
   }
 #else
   uint32_t x0[N], x1[N], x2[N], x3[N];
