@@ -1,7 +1,7 @@
 """Noise spec version 2 (docs/noise.md): opt-in, the default untouched, its table reproducible from the committed
 script, its Rademacher layout as documented, and every backend bit-identical to the torch reference on ragged
 shapes, offsets across counter boundaries, every dtype and rounding. (Golden vectors: test_golden.py;
-Philox4x32-7 known answers: test_philox.py; statistics: test_statistics_v2.py.)"""
+Philox4x32-7 known answers: test_philox.py; statistics: test_statistics.py.)"""
 
 import pathlib
 

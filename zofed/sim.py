@@ -29,6 +29,19 @@ _OFFLINE, _LATENCY, _SECRET = 0x0F, 0x1A, 0x5EC
 _KEYS = loop.COMMON_KEYS | {"step", "digest", "history", "server", "counter"}
 
 
+def _read_checkpoint(path: str):
+    """A sealed step-run checkpoint as this version writes it. Those written before the transport seam kept the
+    byte counter inside the server's state and had no steps_per_round (every round was one step): moved and
+    filled in here, so their runs resume where they were."""
+    ck = atomic.read_sealed_json(path)
+    server = ck.get("server") if isinstance(ck, dict) else None
+    if "counter" not in ck and isinstance(server, dict) and "counter" in server and isinstance(ck.get("config"), dict):
+        ck["server"] = {k: v for k, v in server.items() if k != "counter"}
+        ck["counter"] = server["counter"]
+        ck["config"] = dict(ck["config"], steps_per_round=ck["config"].get("steps_per_round", 1))
+    return ck
+
+
 class StepDriver:
     """The server side of a step strategy's run for zofed.loop.run: rounds of B = cfg.steps_per_round steps over
     `transport` (started here with `run_config`), replies closing on the run's hashed latencies, quorum and
@@ -112,7 +125,7 @@ class StepDriver:
                                             server=self.server.state_dict(), counter=self.counter.state_dict()))
 
     def load(self, path: str) -> dict:
-        return loop.load_checkpoint(path, atomic.read_sealed_json, _KEYS)
+        return loop.load_checkpoint(path, _read_checkpoint, _KEYS)
 
     def restore(self, ck: dict) -> None:
         """Rebuild the run at the checkpoint from its broadcasts (as an orbit replay does): the server, the
