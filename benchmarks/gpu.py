@@ -125,7 +125,7 @@ def zo_steps(cfg, device: torch.device, reps: int, batch: int, seq: int) -> dict
     runs = {}
     for v in VARIANTS:
         model = build(cfg, device, dtype)
-        step, opt = make_step(v, model, ids)
+        step, opt = make_step(v, model, ids, {})  # the default noise stream
         step = synced(step, device)
         step(0)  # warm-up: Triton compiles, the allocator grows
         runs[v] = dict(step=step, opt=opt, model=model, times=[])
