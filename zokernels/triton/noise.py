@@ -11,9 +11,8 @@ compiles every variant for sm_80 and sm_90 and checks the PTX for all of this. E
 int64 from the program id on (a 32-bit program_id * BLOCK wraps past 2^33 elements).
 Under TRITON_INTERPRET=1 the same code runs on CPU tensors. Every kernel takes the noise spec version as a
 constexpr (VERSION, default 1) and, for version 2, the address of its Gaussian's coefficients (table_ptr:
-float32, coefficient k of octave j at k * 32 + j; a few hundred bytes, so a warp's lookups hit one or two
-cache lines). Version 1 launches pass neither, so they compile to exactly what they did before version 2
-existed.
+gaussian_v2_table, 768 bytes; 255 lookups in 256 fall in the cache line of octaves 16..23). Version 1 launches
+pass neither, so they compile to exactly what they did before version 2 existed.
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ _PHILOX_M0: tl.constexpr = tl.constexpr(spec.PHILOX_ROUND_A)
 _PHILOX_M1: tl.constexpr = tl.constexpr(spec.PHILOX_ROUND_B)
 _PHILOX_W0: tl.constexpr = tl.constexpr(spec.PHILOX_KEY_A)
 _PHILOX_W1: tl.constexpr = tl.constexpr(spec.PHILOX_KEY_B)
-_GAUSS_V2_BIAS: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_BIAS)
-_GAUSS_V2_ROW: tl.constexpr = tl.constexpr(32)  # octaves per coefficient row in the table (24, padded)
+_GAUSS_V2_U_BIAS: tl.constexpr = tl.constexpr(spec.GAUSSIAN_V2_BIAS + 32)  # u = v * 2**32: 32 octaves up
+_GAUSS_V2_ROW: tl.constexpr = tl.constexpr(32)  # octaves per row of coefficient pairs in the table (24, padded)
 
 DIST_CODES = {"gaussian": 0, "rademacher": 1, "uniform": 2, "gaussian-fast": 3}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -128,21 +127,32 @@ def _rademacher_v2(a, n):
 
 
 @triton.jit
+def _coefficient(pair, HIGH: tl.constexpr):
+    """One float32 coefficient of a pair loaded as one 64-bit word (the lower address in the low half)."""
+    if HIGH:
+        pair = pair >> 32
+    return pair.to(tl.uint32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _gaussian_v2(a, table_ptr):
-    """Spec v2's Gaussian of one word: a degree-5 polynomial per octave of v (see reference.gaussian_v2)."""
-    m = (a >> 8) & 0x7FFFFF
-    v = ((m << 1) | 1).to(tl.float32) * _c(0x33000000)  # * 2**-25, exact
-    b = v.to(tl.uint32, bitcast=True)
-    c = table_ptr + ((b >> 23) - _GAUSS_V2_BIAS).to(tl.int32)
-    # v < 0.5: sign 0 and exponent <= 125 (bit 30 clear), so or-ing in 1.0's exponent bits replaces v's
-    # exponent by 1.0's: (b & 0x7FFFFF) | 0x3F800000 in one operation with one constant. f is exact.
-    f = (b | 0x3F800000).to(tl.float32, bitcast=True) - 1.0
-    y = tl.load(c + 5 * _GAUSS_V2_ROW)
-    y = y * f + tl.load(c + 4 * _GAUSS_V2_ROW)
-    y = y * f + tl.load(c + 3 * _GAUSS_V2_ROW)
-    y = y * f + tl.load(c + 2 * _GAUSS_V2_ROW)
-    y = y * f + tl.load(c + _GAUSS_V2_ROW)
-    y = y * f + tl.load(c)
+    """Spec v2's Gaussian of one word: a degree-5 polynomial per octave of v (see reference.gaussian_v2).
+    Works on u = v * 2**32 = float(a's bits 8..30) + 2**7, exact (one and, one conversion, one add), whose
+    exponent gives the octave with no scaling and whose mantissa is v's. The coefficients come as three
+    64-bit pairs (gaussian_v2_table), each one load whose address is the octave plus a constant offset."""
+    u = (a & 0x7FFFFF00).to(tl.float32) + 128.0
+    b = u.to(tl.uint32, bitcast=True)
+    pairs = table_ptr.to(tl.pointer_type(tl.uint64)) + ((b >> 23) - _GAUSS_V2_U_BIAS).to(tl.int32)
+    f = ((b & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True) - 1.0  # exact, in [0, 1)
+    c01 = tl.load(pairs)
+    c23 = tl.load(pairs + _GAUSS_V2_ROW)
+    c45 = tl.load(pairs + 2 * _GAUSS_V2_ROW)
+    y = _coefficient(c45, True)
+    y = y * f + _coefficient(c45, False)
+    y = y * f + _coefficient(c23, True)
+    y = y * f + _coefficient(c23, False)
+    y = y * f + _coefficient(c01, True)
+    y = y * f + _coefficient(c01, False)
     return (y.to(tl.uint32, bitcast=True) ^ (a & 0x80000000)).to(tl.float32, bitcast=True)
 
 
@@ -460,11 +470,14 @@ def _version_args(version: int, device) -> dict:
 
 
 def gaussian_v2_table(device) -> torch.Tensor:
-    """spec.GAUSSIAN_V2_COEFFS on `device`, float32, coefficient-major (k * 32 + octave), made once per device."""
+    """spec.GAUSSIAN_V2_COEFFS on `device` as float32, made once per device: three rows of 32 64-bit pairs, row p
+    holding octave j's (c_2p, c_2p+1) at pair p * 32 + j (floats 2 * (p * 32 + j) and the next), so a
+    coefficient pair is one aligned 64-bit load whose index is the octave plus a constant."""
     device = torch.device(device)
     if device not in _TABLES:
-        rows = [[octave[k] for octave in spec.GAUSSIAN_V2_COEFFS] + [0] * (32 - len(spec.GAUSSIAN_V2_COEFFS))
-                for k in range(len(spec.GAUSSIAN_V2_COEFFS[0]))]
+        octaves = spec.GAUSSIAN_V2_COEFFS
+        rows = [[bits for octave in octaves for bits in octave[2 * p:2 * p + 2]] + [0] * (2 * (32 - len(octaves)))
+                for p in range(len(octaves[0]) // 2)]
         bits = torch.tensor(rows, dtype=torch.int64).reshape(-1).to(torch.int32)
         _TABLES[device] = bits.view(torch.float32).to(device)
     return _TABLES[device]
