@@ -30,9 +30,9 @@ def test_same_model_and_bytes_as_inproc(scenarios, strategy):
 
 
 def test_clients_that_drop_out_come_back_bit_identical(scenarios):
-    """Dropouts (hashed from the run's seed) on 3 processes: the run equals in-process, and every client's
-    replica at the end is bit for bit the run's model at the step it reached (replayed from the orbit), those
-    that missed rounds and caught up included."""
+    """Dropouts (hashed from the run's seed) on 3 processes, noise spec version 2: the run equals in-process, and
+    every client's replica at the end is bit for bit the run's model at the step it reached (replayed from the
+    orbit), those that missed rounds and caught up included."""
     run = scenarios["dropout"]
     assert run["model_sha256"] == run["inproc"]["model_sha256"] and run["clients"] == run["inproc"]["clients"]
     assert sorted(run["replicas"]) == ["0", "1", "2", "3"]

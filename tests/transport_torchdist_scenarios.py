@@ -1,6 +1,6 @@
 """Scenarios for tests/test_transport_torchdist.py, run once per module in a child process (it becomes rank 0
 of each run's torch.distributed group): the acceptance runs on torchdist and in-process, a run with dropouts
-whose replicas report their checksums at the end, and a start-up a client rank refuses. Writes
+(on noise spec version 2) whose replicas report their checksums at the end, and a start-up a client rank refuses. Writes
 OUT/results.json."""
 
 import json
@@ -16,7 +16,9 @@ from zofed.wire import decode, encode
 
 STRATEGIES = ("feedsign", "zo-fedsgd", "fedkseed")
 ACCEPTANCE = dict(clients=4, steps=24, steps_per_round=4, lr=0.05, eval_every=24)
-DROPOUT = dict(strategy="feedsign", clients=4, steps=24, steps_per_round=4, lr=0.05, eval_every=24, dropout=0.4)
+# on noise spec version 2: the client ranks build their replicas on the run's stream (the acceptance runs: version 1)
+DROPOUT = dict(strategy="feedsign", clients=4, steps=24, steps_per_round=4, lr=0.05, eval_every=24, dropout=0.4,
+               spec_version=2)
 
 
 def run(cfg: dict, out: str, transport=None) -> dict:

@@ -72,11 +72,17 @@ def _field_docs(cls) -> dict:
     return docs
 
 
-def _choices(cls, name: str) -> tuple:
-    """The values cls.validate() accepts for the str field `name`, read from its refusal of a value none takes
-    ("config field 'dist' must be one of ('gaussian', ...), got ..."): validate() stays the one list."""
+_PROBES = {"str": "\0", "int": -1}  # per field type, a value no list of choices holds
+
+
+def _choices(cls, name: str, kind: str) -> tuple:
+    """The values cls.validate() accepts for the str or int field `name`, read from its refusal of a value none
+    takes ("config field 'dist' must be one of ('gaussian', ...), got ..."): validate() stays the one list. ()
+    for a field without a list of choices (or a config without checks)."""
+    if kind not in _PROBES or not hasattr(cls, "validate"):
+        return ()
     try:
-        cls(**{name: "\0"}).validate()
+        cls(**{name: _PROBES[kind]}).validate()
     except ValueError as exc:
         found = re.search(r"must be one of (\(.*?\)), got", str(exc))
         if found:
@@ -104,7 +110,7 @@ def _takers() -> dict:
         if option is None:
             kind = _kind(f)
             add(f.name, STEP, strategies.STRATEGIES, kind, docs.get(f.name), f.default,
-                _choices(SimConfig, f.name) if kind == "str" and f.name != "strategy" else ())
+                _choices(SimConfig, f.name, kind) if f.name != "strategy" else ())
         else:
             names = takers[f.name][1]
             add(f.name, " and ".join(names), names, option.type.__name__, option.doc, option.default, option.choices)
@@ -112,8 +118,7 @@ def _takers() -> dict:
         docs = _field_docs(algorithm.config)
         for f in dataclasses.fields(algorithm.config):
             kind = _kind(f)
-            add(f.name, name, (name,), kind, docs.get(f.name), f.default,
-                _choices(algorithm.config, f.name) if kind == "str" else ())
+            add(f.name, name, (name,), kind, docs.get(f.name), f.default, _choices(algorithm.config, f.name, kind))
     return out
 
 
@@ -132,7 +137,7 @@ def _fields() -> dict:
                      else default, who) for who, _, _, _, default, _ in taken]
         shown = f"default: {defaults[0][0]}" + "".join(f", {who}: {d}" for d, who in defaults[1:]
                                                          if d != defaults[0][0])
-        notes = ([f"one of {', '.join(choices)}"] if choices else []) + [shown]
+        notes = ([f"one of {', '.join(map(str, choices))}"] if choices else []) + [shown]
         if set().union(*(covers for _, covers, *_ in taken)) != everyone:
             notes.append("only " + " and ".join(who for who, *_ in taken))
         out[name] = (kind, f"{doc} ({'; '.join(notes)})".strip())

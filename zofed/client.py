@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zokernels import spec
 from zokernels.engine import Engine
 
 from .strategies import Strategy
@@ -44,16 +45,21 @@ class Replica:
     (zokernels.engine, shadow mode: the weights are never written during the forwards).
 
     keep_base: keep a copy of the starting trainable weights, for strategies that rebuild from them
-    (the FedKSeed pool); costs one copy of the trainable parameters.
+    (the FedKSeed pool); costs one copy of the trainable parameters. spec_version: the noise stream
+    (docs/noise.md) its perturbations and updates use; a run's replicas all take the run's.
     """
 
     def __init__(self, model: nn.Module, *, eps: float = 1e-3, dist: str = "gaussian", keep_base: bool = False,
-                 backend: str | None = None):
+                 backend: str | None = None, spec_version: int = spec.SPEC_VERSION):
         self.model, self.eps = model, eps
-        self.engine = Engine(model, shadow=True, dist=dist, backend=backend)
+        self.engine = Engine(model, shadow=True, dist=dist, backend=backend, spec_version=spec_version)
         self.params = self.engine.params()
         self.base = [p.detach().clone() for p in self.params] if keep_base else None
         self.step = 0  # the step whose starting weights it holds (advance() moves it)
+
+    def noise(self) -> dict:
+        """Its perturbations' eps, dist and spec_version: what every replica of a run shares."""
+        return dict(eps=self.eps, dist=self.engine.dist, spec_version=self.engine.spec_version)
 
     def projection(self, seed: int, closure: Callable[[], torch.Tensor]) -> float:
         """(L(w + eps z) - L(w - eps z)) / (2 eps) on the closure's batch."""
@@ -326,8 +332,10 @@ class Client:
             raise ValueError(f"loading this state gave client {self.cid} other weights than it recorded")
 
     def _identity(self) -> dict:
-        """The strategy, its lr and run seed: what a state must have been saved with (the digests check the rest)."""
-        return dict(name=self.strategy.name, lr=self.strategy.lr, run_seed=self.strategy.run_seed)
+        """The strategy, its lr and run seed, and the replica's noise spec version: what a state must have been
+        saved with (the digests check the rest)."""
+        return dict(name=self.strategy.name, lr=self.strategy.lr, run_seed=self.strategy.run_seed,
+                    spec_version=self.replica.engine.spec_version)
 
     def handle(self, request: bytes) -> bytes:
         """A transport's request (zofed.transport): apply its broadcasts, histories and pool states in order,
@@ -414,10 +422,13 @@ def make_clients(run_config: dict, cids, *, shared: bool = False, task=None, rep
     parts = split_clients(task, cfg)
     sizes = [len(p) for p in parts] if cfg.client_weights == "data-size" else None
     keep_base = cfg.make_strategy(sizes).keeps_base
-    one = (replica or Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)) if shared else None
+    noise = dict(eps=cfg.eps, dist=cfg.dist, spec_version=cfg.spec_version, keep_base=keep_base)
+    if shared and replica is not None and replica.noise() != {k: noise[k] for k in replica.noise()}:
+        raise ValueError(f"the shared replica perturbs with {replica.noise()}, the run with {noise}")
+    one = (replica or Replica(task.model, **noise)) if shared else None
     clients = {}
     for c in cids:
-        own = one or Replica(copy.deepcopy(task.model), eps=cfg.eps, dist=cfg.dist, keep_base=keep_base)
+        own = one or Replica(copy.deepcopy(task.model), **noise)
         strategy = cfg.make_strategy(sizes)
 
         def data(step, c=c, model=own.model, h=strategy.local_steps):
@@ -474,7 +485,8 @@ class ModelEvaluator:
         self.task = task
         self.base_sha256 = weights_sha256(task.model)
         strategy = cfg.make_strategy(data_sizes)
-        self.replica = Replica(task.model, eps=cfg.eps, dist=cfg.dist, keep_base=strategy.keeps_base)
+        self.replica = Replica(task.model, eps=cfg.eps, dist=cfg.dist, spec_version=cfg.spec_version,
+                               keep_base=strategy.keeps_base)
         self.follower = Client(-1, self.replica, strategy)
 
     def follow(self, frames: bytes) -> None:

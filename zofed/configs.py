@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from zokernels import spec
+
 from . import strategies
 from .data import CONVENTIONS
 
@@ -47,6 +49,9 @@ class SimConfig(strategies.CheckedConfig):
     quorum: int | None = None  # replies that close a round; None: every sampled client
     deadline: float | None = None  # seconds; simulated reply latencies are uniform in [0, 1) s
     dist: str = "gaussian"  # distribution of z
+    # noise spec version of z (docs/noise.md): 2 is a cheaper stream (Philox-7, 32 Rademacher signs per word, a
+    # polynomial Gaussian), not bit-compatible with 1
+    spec_version: int = 1
     seed: int = 0  # the run seed
     eval_every: int = 50  # steps between held-out evaluations
 
@@ -75,7 +80,8 @@ class SimConfig(strategies.CheckedConfig):
         """Raise ValueError naming the first bad field."""
         self._check(positive_ints=("clients", "steps", "steps_per_round", "batch", "eval_every"),
                     positive=("lr", "eps", "dirichlet", "deadline"), unit=("participation",),
-                    choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS, dist=DISTS))
+                    choices=dict(strategy=sorted(strategies.STRATEGIES), convention=CONVENTIONS, dist=DISTS,
+                                 spec_version=spec.SPEC_VERSIONS))
         takers = option_takers()
         for name, (option, _) in takers.items():
             error = option.error(getattr(self, name))

@@ -6,7 +6,8 @@ A driver (zofed.sim.StepDriver, zofed.rounds.RoundDriver) offers:
     name, clients, total, position      the run's name, client count, rounds' end and where it is (steps or rounds)
     unit                                "step" or "round" (what position counts)
     checkpoint, other                   its checkpoint's file name, and the other kind's (one kind per folder)
-    config()                            the run's config (what resume compares; summary.json's "config")
+    config()                            the run's config (what resume compares; summary.json's "config"); its
+                                        spec_version (the noise stream) is what the orbit records
     counter                             the ByteCounter of what crossed (a transport's)
     advance() -> row                    one round: its metrics row, without the evaluation fields
     save(path, common)                  write the checkpoint (common: the loop's fields, below) atomically
@@ -27,12 +28,20 @@ import os
 import sys
 import time
 
+from zokernels import spec
+
 from . import atomic
 
 CHECKPOINT = "checkpoint.json"  # a step run's (sealed JSON: config, broadcasts, server state)
 ROUND_CHECKPOINT = "checkpoint.pt"  # a round run's (FedMeZO, ZOWarmUp: weights, torch.save)
 METRICS = "metrics.jsonl"
 COMMON_KEYS = {"config", "task", "task_options", "base_sha256", "rows", "metrics_sha256", "seconds"}
+
+
+def _spec_version(config: dict) -> int:
+    """The noise spec version of a run: its config's; a round algorithm whose config has no such field runs its
+    replicas on zofed.client.Replica's default, the library's."""
+    return config.get("spec_version", spec.SPEC_VERSION)
 
 
 def write_json(path: str, obj) -> None:
@@ -70,9 +79,11 @@ def load_checkpoint(path: str, read, keys=COMMON_KEYS) -> dict:
 
 
 def check_resumable(out: str, ck: dict, config: dict, task_name: str, task_options: dict, base_sha: str) -> None:
-    """Refuse to resume `out` from checkpoint `ck` unless it was written by this config, task and base weights."""
+    """Refuse to resume `out` from checkpoint `ck` unless it was written by this config, task and base weights.
+    A checkpoint written before run configs had a spec_version ran on version 1, the only stream there was."""
+    old = {"spec_version": 1} if "spec_version" in config else {}
     here = dict(config, task=task_name, **{f"task.{k}": v for k, v in task_options.items()})
-    there = dict(ck["config"], task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
+    there = dict({**old, **ck["config"]}, task=ck["task"], **{f"task.{k}": v for k, v in ck["task_options"].items()})
     if here != there:
         raise ValueError(f"{out} holds a run with another config ({_differences(there, here)}); use another "
                          "--out folder, or delete this one to start over")
@@ -215,7 +226,7 @@ def run(driver, evaluator, task_name: str, task_options: dict, *, out: str | Non
             else:
                 config, history = orbit
                 orbits.save(os.path.join(out, "orbit"), orbits.Orbit(config, base_sha, summary["model_sha256"],
-                                                                      history))
+                                                                      history, _spec_version(driver.config())))
                 summary["orbit_bytes"] = os.path.getsize(os.path.join(out, "orbit"))
             write_json(os.path.join(out, "summary.json"), summary)
             from .plots import plot_run

@@ -5,7 +5,7 @@ File layout (little-endian), no pickle anywhere:
     offset  size  field
     0       4     magic b"ZFOB"
     4       1     orbit format version (1)
-    5       1     noise spec version (zokernels.spec.SPEC_VERSION)
+    5       1     noise spec version of the run (1 or 2, zokernels.spec.SPEC_VERSIONS; replay uses it)
     6       32    sha256 of the base weights (client.weights_sha256)
     38      32    sha256 of the final weights
     70      2     n, length of the compressed run config
@@ -63,6 +63,7 @@ class Orbit:
     base_sha256: str
     final_sha256: str
     history: wire.Message
+    spec_version: int = 1  # the noise stream the run used (its config's spec_version); the header's byte
 
     @property
     def steps(self) -> int:
@@ -73,7 +74,8 @@ def to_bytes(orbit: Orbit) -> bytes:
     config = zlib.compress(json.dumps(orbit.config, sort_keys=True, separators=(",", ":")).encode(), 9)
     if len(config) >= 1 << 16:
         raise OrbitError("the run config does not fit an orbit header (64 KiB)")
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, spec.SPEC_VERSION, bytes.fromhex(orbit.base_sha256),
+    _check_spec_version(orbit.spec_version)
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, orbit.spec_version, bytes.fromhex(orbit.base_sha256),
                       bytes.fromhex(orbit.final_sha256), len(config))
     body = head + config + wire.encode(orbit.history)
     return body + struct.pack("<I", zlib.crc32(body))
@@ -94,9 +96,7 @@ def from_bytes(data: bytes, max_bytes: int = MAX_BYTES) -> Orbit:
     view = memoryview(data)  # slices without copies: the history may be megabytes
     if struct.unpack_from("<I", data, len(data) - 4)[0] != zlib.crc32(view[:-4]):
         raise OrbitError("corrupt orbit: CRC-32 mismatch (truncated or damaged file)")
-    if spec_version != spec.SPEC_VERSION:
-        raise OrbitError(f"the orbit was made with noise spec version {spec_version}; this zokernels implements "
-                         f"version {spec.SPEC_VERSION}, whose noise differs: replay would build another model")
+    _check_spec_version(spec_version)
     if _HEAD.size + n > len(data) - 4:
         raise OrbitError("corrupt orbit: the config runs past the end of the file")
     config = _parse_config(view[_HEAD.size:_HEAD.size + n])
@@ -110,7 +110,14 @@ def from_bytes(data: bytes, max_bytes: int = MAX_BYTES) -> Orbit:
     if len(downs) != config["steps"] or first != 0:
         raise OrbitError(f"corrupt orbit: the history holds {len(downs)} steps from step {first}, the config says "
                          f"{config['steps']} from step 0")
-    return Orbit(config, base.hex(), final.hex(), history)
+    return Orbit(config, base.hex(), final.hex(), history, spec_version)
+
+
+def _check_spec_version(version) -> None:
+    if version not in spec.SPEC_VERSIONS:
+        raise OrbitError(f"the orbit was made with noise spec version {version}; this zokernels implements versions "
+                         f"{', '.join(map(str, spec.SPEC_VERSIONS))}, whose noise differs: replay would build another "
+                         "model")
 
 
 def _parse_config(compressed: bytes) -> dict:
@@ -238,7 +245,7 @@ def _read_at_most(f, limit: int) -> bytes:
 
 
 def info(orbit: Orbit) -> dict:
-    return dict(orbit.config, spec_version=spec.SPEC_VERSION, base_sha256=orbit.base_sha256,
+    return dict(orbit.config, spec_version=orbit.spec_version, base_sha256=orbit.base_sha256,
                 final_sha256=orbit.final_sha256, history_bytes=len(wire.encode(orbit.history)),
                 history_payload_bits=wire.payload_bits(orbit.history), size_bytes=len(to_bytes(orbit)))
 
@@ -262,7 +269,8 @@ def replay(orbit: Orbit, task=None, chunk: int = 4096):
     if got != orbit.base_sha256:
         raise OrbitError(f"wrong base model: its weights hash to {got[:16]}..., the orbit was recorded on "
                          f"{orbit.base_sha256[:16]}... (another checkpoint, task option or library version)")
-    replica = Replica(task.model, eps=c["eps"], dist=c["dist"], keep_base=strategy.keeps_base)
+    replica = Replica(task.model, eps=c["eps"], dist=c["dist"], spec_version=orbit.spec_version,
+                      keep_base=strategy.keeps_base)
     try:  # ops are generated as the replica consumes them: no object per step is held
         replica.apply((op for down in strategy.steps_of(orbit.history) for op in strategy.ops(down.first_step, down)),
                       chunk=chunk)
@@ -293,7 +301,7 @@ def write_weights(path, orbit: Orbit, task) -> tuple[int, int]:
     weights = task.export(task.model) if task.export else task.model.state_dict()
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
     c = orbit.config
-    data = save(state, metadata=dict(format="pt", spec_version=str(spec.SPEC_VERSION), base_sha256=orbit.base_sha256,
+    data = save(state, metadata=dict(format="pt", spec_version=str(orbit.spec_version), base_sha256=orbit.base_sha256,
                                      final_sha256=orbit.final_sha256, strategy=c["strategy"], steps=str(c["steps"]),
                                      task=c["task"], task_options=json.dumps(c["task_options"], sort_keys=True)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

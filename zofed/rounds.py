@@ -15,9 +15,10 @@ A round algorithm is three separately callable steps and no wire:
                                               norm of the change it made (its "update" signal), ZOWarmUp None
     conclude(t, change) -> row                the server closes the round, told the global model's change
 plus make_state(model), state_dict(view) / load_state_dict(view, state), orbit_history(), no_orbit, dist,
-max_bytes, cfg, task, name, round. The driver moves the frames: encoding, decoding, the frame-size limit and
-the byte accounting happen in the transport (zofed.transport), so an algorithm's byte figures are those of the
-frames that crossed. A request's Report and a reply's Report are control (uncounted), as Ask is.
+max_bytes, cfg (its spec_version: the noise stream of the states' replicas, which the orbit records), task, name,
+round. The driver moves the frames: encoding, decoding, the frame-size limit and the byte accounting happen in the
+transport (zofed.transport), so an algorithm's byte figures are those of the frames that crossed. A request's
+Report and a reply's Report are control (uncounted), as Ask is.
 
 The global model (the evaluator's, and the state every in-process client shares, see InProcRounds) follows each
 round's model message before the clients get the broadcast; a state applies a round once (a shared one skips it

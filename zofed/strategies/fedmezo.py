@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from zokernels import spec
 
 from ..data import dirichlet_split, iid_split
 from ..seeds import step_seed
@@ -57,13 +58,17 @@ class FedMeZOConfig(CheckedConfig):
     alpha: float = 0.0  # personalization strength; 0: plain FedMeZO
     signal: str = "update"  # heterogeneity signal of the personalized rates (fedmezo.txt 5.4)
     dirichlet: float | None = None  # label-skew concentration beta; None: iid
+    # noise spec version of z (docs/noise.md): 2 is a cheaper stream (Philox-7, 32 Rademacher signs per word, a
+    # polynomial Gaussian), not bit-compatible with 1
+    spec_version: int = 1
     seed: int = 0  # the run seed
     eval_every: int = 1  # rounds between held-out evaluations
 
     def validate(self) -> None:
         self._check(positive_ints=("clients", "rounds", "local_steps", "batch", "eval_every"),
                     positive=("lr", "eps", "dirichlet"),
-                    choices=dict(encoding=("seeds", "dense"), signal=SIGNALS, client_weights=CLIENT_WEIGHTS))
+                    choices=dict(encoding=("seeds", "dense"), signal=SIGNALS, client_weights=CLIENT_WEIGHTS,
+                                 spec_version=spec.SPEC_VERSIONS))
         if not 0 <= self.alpha < 1:
             self._bad("alpha", "must be in [0, 1) so every eta_i stays positive")
 
@@ -183,7 +188,7 @@ class FedMeZO:
     def make_state(self, model):
         from ..client import Replica
 
-        return Replica(model, eps=self.cfg.eps)
+        return Replica(model, eps=self.cfg.eps, spec_version=self.cfg.spec_version)
 
     def client_update(self, rep, client: int, t: int, params: tuple) -> tuple:
         """H MeZO steps from the round's weights at rate params[0]; the upload, and (mean loss, update norm). The

@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from zokernels import spec
 
 from ..data import dirichlet_split, iid_split
 from ..seeds import step_seed, unit
@@ -70,6 +71,9 @@ class ZOWarmUpConfig(CheckedConfig):
     eps: float = 1e-3  # perturbation scale
     dirichlet: float | None = 0.1  # label-skew concentration beta; None: iid
     high_res_only: bool = False  # the baseline: low-resource clients left out, every round first-order
+    # noise spec version of z (docs/noise.md): 2 is a cheaper stream (Philox-7, 32 Rademacher signs per word, a
+    # polynomial Gaussian), not bit-compatible with 1
+    spec_version: int = 1
     seed: int = 0  # the run seed
     eval_every: int = 10  # rounds between held-out evaluations
 
@@ -81,7 +85,7 @@ class ZOWarmUpConfig(CheckedConfig):
         self._check(positive_ints=("clients", "local_epochs", "fo_batch", "perturbations", "eval_every"),
                     positive=("fo_lr", "server_lr", "zo_lr", "eps", "dirichlet"),
                     unit=("high_fraction", "participation", "tau"),
-                    choices=dict(server_opt=SERVER_OPTS, zo_update=ZO_UPDATES))
+                    choices=dict(server_opt=SERVER_OPTS, zo_update=ZO_UPDATES, spec_version=spec.SPEC_VERSIONS))
         for name in ("warmup_rounds", "zo_rounds"):
             if getattr(self, name) < 0:
                 self._bad(name, "must be an integer >= 0")
@@ -137,7 +141,8 @@ class State:
         from ..client import Replica
 
         if self.replica is None:
-            self.replica = Replica(self.model, eps=self.cfg.eps * self.cfg.tau, dist="rademacher")  # w +- eps tau r
+            self.replica = Replica(self.model, eps=self.cfg.eps * self.cfg.tau, dist="rademacher",
+                                   spec_version=self.cfg.spec_version)  # w +- eps tau r
         return self.replica
 
     def close(self) -> None:
