@@ -78,6 +78,8 @@ def test_a_strategy_option_is_a_config_field_with_its_default_and_check(stride):
     with pytest.raises(ValueError, match=r"'stride' applies to strategy 'toy-stride' only \(this run is 'feedsign'\)"):
         configs.SimConfig(strategy="feedsign", stride=3).validate()
     assert strategies.run_label(dict(strategy="toy-stride", stride=5)) == "stride x5"
+    assert strategies.run_label(dict(strategy="toy-stride", stride=5, spec_version=1)) == "stride x5"
+    assert strategies.run_label(dict(strategy="toy-stride", stride=5, spec_version=2)) == "stride x5 (noise v2)"
 
 
 def test_a_strategy_option_is_a_flag_with_help_and_reaches_the_orbit_and_the_labels(stride, tmp_path, monkeypatch):

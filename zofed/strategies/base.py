@@ -384,8 +384,12 @@ def run_label(config: dict) -> str:
     """A run's name in plots and tables, from its config (summary.json's "config", which names the strategy)."""
     name = config["strategy"]
     if name in ROUNDS:
-        return ROUNDS[name].label or name
-    if name not in STRATEGIES:  # a run of a strategy this installation does not register
-        return name
-    cls = STRATEGIES[name]
-    return cls.label({o.name: config.get(o.name, o.default) for o in cls.options})
+        label = ROUNDS[name].label or name
+    elif name not in STRATEGIES:  # a run of a strategy this installation does not register
+        label = name
+    else:
+        cls = STRATEGIES[name]
+        label = cls.label({o.name: config.get(o.name, o.default) for o in cls.options})
+    # runs on another noise stream are other runs: say so, or a v1 and a v2 run share a name
+    version = config.get("spec_version", 1)
+    return label if version == 1 else f"{label} (noise v{version})"
