@@ -57,6 +57,8 @@ _GAUSS_V2_ROW: tl.constexpr = tl.constexpr(32)  # octaves per row of coefficient
 DIST_CODES = {"gaussian": 0, "rademacher": 1, "uniform": 2, "gaussian-fast": 3}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 BLOCK_G = 256  # groups per program (1024 elements); tests vary it to show tile-size invariance
+NUM_WARPS = 4  # per program, every launch (Triton's default); a thread holds BLOCK_G // (32 * NUM_WARPS) groups
+_THREADS: tl.constexpr = tl.constexpr(32 * NUM_WARPS)
 
 
 @triton.jit
@@ -263,16 +265,23 @@ def _bf16_bits_to_f32(h):
 
 @triton.jit
 def _round_bf16(s, r, STOCHASTIC: tl.constexpr):
-    """s rounded to bfloat16, as the float32 whose low 16 bits are zero, on the integer bits in 32-bit
-    registers (no 16-bit round trip): round-to-nearest-even, or stochastic with r's high 16 bits; a NaN
-    stays a quiet NaN with its sign and high payload (reference.round_stochastic)."""
+    """s rounded to bfloat16 on the integer bits in 32-bit registers (no 16-bit round trip): round-to-
+    nearest-even, or stochastic with r's high 16 bits; a NaN stays a quiet NaN with its sign and high
+    payload (reference.round_stochastic). The result's high half is the bfloat16; its low half is left
+    over (see _bf16_value): whether it is finite does not depend on it (the exponent is in the high half)
+    and the stores take the high half, so only a next seed needs it cleared."""
     b = s.to(tl.uint32, bitcast=True)
     if STOCHASTIC:
         t = b + (r >> 16)
     else:
         t = b + 0x7FFF + ((b >> 16) & 1)
-    t = tl.where(s != s, b | 0x400000, t)
-    return (t & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return tl.where(s != s, b | 0x400000, t).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_value(w):
+    """The bfloat16 value of w, whose high half holds it (its low half may be left over, see _round_bf16)."""
+    return (w.to(tl.uint32, bitcast=True) & 0xFFFF0000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -298,42 +307,37 @@ def _round(s, r, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr):
 
 
 @triton.jit
-def _group_ptrs(addr, base, e, ELEM: tl.constexpr, MASKED: tl.constexpr):
-    """Pointers to a tile's elements. The unmasked launch holds only tiles whose Philox groups start on
-    a 4-element boundary in memory (the launcher checks), so it may say so: each thread then moves its
-    group's 4 elements as one vector, in the layout the noise is made in (no exchange through shared
-    memory). Without this hint Triton lays elements out one per thread to coalesce scalar accesses."""
-    p = addr.to(tl.pointer_type(ELEM)) + base + e
-    if not MASKED:
+def _group_words(addr, base, ELEM: tl.constexpr, BLOCK: tl.constexpr):
+    """A full tile (of the tensor at address addr, an int64) as one pointer to a 64-bit word per Philox group, its first (a group's 4 elements are one
+    word in 16 bits, two in 32). The unmasked launch holds only tiles whose groups start on a 4-element
+    boundary in memory (the launcher checks), so these are aligned."""
+    return (addr + base * (ELEM.primitive_bitwidth // 8)).to(tl.pointer_type(tl.uint64)) + tl.arange(
+        0, BLOCK) * (ELEM.primitive_bitwidth // 16)
+
+
+@triton.jit
+def _ptrs(addr, base, e, ELEM: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Pointers to a tile's elements, [G, 4] in the layout the noise is made in. A full tile's come from
+    one pointer per group (_group_words) and are said to be 4 contiguous elements aligned to the group, so
+    each thread moves a group as one vector, in that layout (no exchange through shared memory; without
+    the hint Triton lays elements out one per thread to coalesce scalar accesses), and one address serves
+    all of a thread's groups (the others are immediate offsets). A partial tile's go element by element."""
+    if MASKED:
+        p = addr.to(tl.pointer_type(ELEM)) + base + e
+    else:
+        p = _group_words(addr, base, ELEM, BLOCK).to(tl.pointer_type(ELEM))[:, None] + tl.arange(0, 4)[None, :]
         p = tl.max_contiguous(tl.multiple_of(p, [1, 4 * ELEM.primitive_bitwidth // 8]), [1, 4])
     return p
 
 
 @triton.jit
-def _bf16_group_ptrs(addr, base, BLOCK: tl.constexpr):
-    """A full tile of bfloat16 as one 64-bit word per Philox group (its elements 0..3 from the low half
-    up; the unmasked launch holds only groups aligned to 8 bytes), in the layout the Philox words have, so
-    no exchange between threads. An element is then one shift or one and away from its float32 and back,
-    where 16-bit elements cost a widening and a packing each."""
-    return (addr + base * 2).to(tl.pointer_type(tl.uint64)) + tl.arange(0, BLOCK)
-
-
-@triton.jit
 def _bf16_groups_to_f32(words):
+    """One 64-bit word per group (elements 0..3 from the low half up) -> [G, 4], each element's bfloat16 in
+    the high half of its 32 bits: one shift per two elements, as elements 1 and 3 keep their neighbour's
+    bits in the low half (see _bf16_value)."""
     lo = words.to(tl.uint32)
     hi = (words >> 32).to(tl.uint32)
-    return _interleave4(lo << 16, lo & 0xFFFF0000, hi << 16, hi & 0xFFFF0000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _f32_to_bf16_groups(w):
-    """float32 values of bfloat16 numbers, [G, 4] -> one 64-bit word per group (see _bf16_group_ptrs)."""
-    even, odd = tl.split(tl.reshape(w.to(tl.uint32, bitcast=True), (w.shape[0], 2, 2)))
-    e0, e2 = tl.split(even)
-    e1, e3 = tl.split(odd)
-    lo = (e1 & 0xFFFF0000) | (e0 >> 16)
-    hi = (e3 & 0xFFFF0000) | (e2 >> 16)
-    return (hi.to(tl.uint64) << 32) | lo.to(tl.uint64)
+    return _interleave4(lo << 16, lo, hi << 16, hi).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -352,24 +356,34 @@ def _max_propagating_nan(a, b):
 
 
 @triton.jit
+def _largest(a):
+    """The NaN-propagating max of a [G, 4] tile per thread's groups: [G // R] for the R groups a thread
+    holds (groups g, g + _THREADS, ...; [G] where G <= _THREADS). Any grouping flags the same tensors;
+    this one keeps the max inside a thread (no exchange, no shared memory, no barrier)."""
+    if a.shape[0] > _THREADS:
+        a = tl.reduce(tl.reshape(a, (a.shape[0] // _THREADS, _THREADS, 4)), 2, _max_propagating_nan)
+        largest = tl.reduce(a, 0, _max_propagating_nan)
+    else:
+        largest = tl.reduce(a, 1, _max_propagating_nan)
+    return largest
+
+
+@triton.jit
 def _store_flagging_non_finite(ptr, w, flag, mask, DTYPE: tl.constexpr):
-    """Stores w (float32 values of the parameter dtype) and flags the tensor if any stored value is
-    non-finite, on the values about to be stored, so an overflow costs no pass of its own: one
-    NaN-propagating max of |w| per element (a single FMNMX), taken per Philox group (the 4 elements a
-    thread holds, so no exchange between threads, no shared memory and no barrier); only a group that
-    holds a non-finite value writes the flag. Flags start at 0 and are only ever set to 1, so racing
-    plain stores of that same 1 suffice: a predicated store, where an atomic costs a warp vote and a
-    branch around it."""
+    """Stores w (float32 holding values of the parameter dtype; bfloat16 in the high half) and flags the
+    tensor if any stored value is non-finite, on the values about to be stored, so an overflow costs no
+    pass of its own: one NaN-propagating max of |w| per element (a single FMNMX) over the elements a
+    thread holds (_largest); only a thread that holds a non-finite value writes the flag. Flags start at 0
+    and are only ever set to 1, so racing plain stores of that same 1 suffice: a predicated store, where
+    an atomic costs a warp vote and a branch around it."""
     a = tl.abs(w)
     if mask is not None:  # lanes outside the tensor computed 0 + c*z, which may overflow
         a = tl.where(mask, a, 0.0)
-    largest = tl.reduce(a, 1, _max_propagating_nan).to(tl.uint32, bitcast=True)
+    largest = _largest(a).to(tl.uint32, bitcast=True)
     tl.store(flag + tl.zeros(largest.shape, tl.int32), 1, mask=(largest & 0x7F800000) == 0x7F800000)
     if DTYPE == 0:
         tl.store(ptr, w, mask=mask)
-    elif DTYPE == 1 and mask is None:
-        tl.store(ptr, _f32_to_bf16_groups(w))
-    elif DTYPE == 1:  # w holds bfloat16 values: their bits are its high half
+    elif DTYPE == 1:
         tl.store(ptr, (w.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16), mask=mask)
     else:
         tl.store(ptr, w.to(tl.float16), mask=mask)
@@ -395,20 +409,22 @@ def _update_kernel(meta_ptr, prog_ptr, seeds_ptr, coeffs_ptr, K, DTYPE: tl.const
     if MASKED:
         mask = _tile_mask(base, e, numel, BLOCK)
     if DTYPE == 0:
-        ptr = _group_ptrs(addr, base, e, tl.float32, MASKED)
-        w = _load(_group_ptrs(src, base, e, tl.float32, MASKED), mask)
-    elif DTYPE == 1 and MASKED:
-        ptr = _group_ptrs(addr, base, e, tl.uint16, MASKED)
-        w = _bf16_bits_to_f32(_load(_group_ptrs(src, base, e, tl.uint16, MASKED), mask))
+        ptr = _ptrs(addr, base, e, tl.float32, BLOCK, MASKED)
+        w = _load(_ptrs(src, base, e, tl.float32, BLOCK, MASKED), mask)
     elif DTYPE == 1:
-        ptr = _bf16_group_ptrs(addr, base, BLOCK)
-        w = _bf16_groups_to_f32(tl.load(_bf16_group_ptrs(src, base, BLOCK)))
+        ptr = _ptrs(addr, base, e, tl.uint16, BLOCK, MASKED)
+        if MASKED:
+            w = _bf16_bits_to_f32(_load(_ptrs(src, base, e, tl.uint16, BLOCK, MASKED), mask))
+        else:  # a group's word unpacks in registers: one shift per two elements (_bf16_groups_to_f32)
+            w = _bf16_groups_to_f32(tl.load(_group_words(src, base, tl.uint16, BLOCK)))
     else:
-        ptr = _group_ptrs(addr, base, e, tl.float16, MASKED)
-        w = _load(_group_ptrs(src, base, e, tl.float16, MASKED), mask).to(tl.float32)
+        ptr = _ptrs(addr, base, e, tl.float16, BLOCK, MASKED)
+        w = _load(_ptrs(src, base, e, tl.float16, BLOCK, MASKED), mask).to(tl.float32)
     for k in range(K):
         seed = tl.load(seeds_ptr + k).to(tl.uint64, bitcast=True)
         c = tl.load(coeffs_ptr + k)
+        if DTYPE == 1:
+            w = _bf16_value(w)
         s = w + c * _noise(seed, key, c0, c1, table_ptr, DIST, VERSION)
         if STOCHASTIC:
             r = _rounding_bits(seed, key, c0, c1, VERSION)
@@ -430,8 +446,8 @@ def _noise_kernel(out_ptr, args_ptr, DIST: tl.constexpr, BLOCK: tl.constexpr, MA
     mask = None
     if MASKED:
         mask = _tile_mask(base, e, numel, BLOCK)
-    tl.store(_group_ptrs(out_ptr, base, e, tl.float32, MASKED), _noise(seed, key, c0, c1, table_ptr, DIST, VERSION),
-             mask=mask)
+    z = _noise(seed, key, c0, c1, table_ptr, DIST, VERSION)
+    tl.store(_ptrs(out_ptr.to(tl.int64), base, e, tl.float32, BLOCK, MASKED), z, mask=mask)
 
 
 def _tiles(numel: int, offset: int, block: int, aligned: bool = True) -> tuple[list, list]:
@@ -497,7 +513,7 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, versio
             grid = (sum(n for _, n in runs),)
             args = torch.tensor([out.numel(), offset, _as_i64(seed), key, first, stride], dtype=torch.int64,
                                 device=out.device)
-            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked,
+            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked, num_warps=NUM_WARPS,
                                 enable_fp_fusion=False, enable_reflect_ftz=False, **_version_args(version, out.device))
 
 
@@ -532,6 +548,6 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
                                            torch.tensor(counts, device=device))
             _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
                                            DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
-                                           BLOCK=block, MASKED=masked, enable_fp_fusion=False,
+                                           BLOCK=block, MASKED=masked, num_warps=NUM_WARPS, enable_fp_fusion=False,
                                            enable_reflect_ftz=False, **_version_args(version, device))
     return flags
