@@ -85,10 +85,10 @@ def test_no_seeds_and_no_tensors():
 @pytest.mark.parametrize("dtype", list(OVERFLOWING), ids=str)
 def test_a_non_finite_value_anywhere_in_a_full_tile_is_flagged(dtype):
     """Full tiles of the default size take the unmasked launch, where a thread's flag covers every group it
-    holds (group g and g + 128, ...): an infinity in any element of any of them flags its tensor only."""
+    holds (groups g, g + 32 * NUM_WARPS, ...): an infinity in any element of any of them flags its tensor only."""
     dev = _device()
     n = 2 * 4 * tn.BLOCK_G
-    for index in (0, 5, 4 * 130 + 3, n - 1):  # groups 0, 1, 130 (a thread's second group), the last
+    for index in (0, 5, 4 * 130 + 3, n - 1):  # groups 0, 1, 130 (not a thread's first), the last
         src = torch.full((n,), 0.5, dtype=dtype, device=dev)
         src[index] = float("inf")
         tensors = [torch.zeros(n, dtype=dtype, device=dev), torch.zeros(n, dtype=dtype, device=dev)]

@@ -57,7 +57,11 @@ _GAUSS_V2_ROW: tl.constexpr = tl.constexpr(32)  # octaves per row of coefficient
 DIST_CODES = {"gaussian": 0, "rademacher": 1, "uniform": 2, "gaussian-fast": 3}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 BLOCK_G = 256  # groups per program (1024 elements); tests vary it to show tile-size invariance
-NUM_WARPS = 4  # per program, every launch (Triton's default); a thread holds BLOCK_G // (32 * NUM_WARPS) groups
+# Warps per program, as every launch passes them (num_warps=2, a literal there so that tools reading the launch
+# sites see it): a thread holds BLOCK_G // 64 = 4 Philox groups, over which the per-program work (the tensor's
+# row, addresses, the loop over seeds) is spread; Triton's default 4 costs about 5 more SASS instructions per
+# element for fewer registers per thread (tests/test_triton_aot.py).
+NUM_WARPS = 2
 _THREADS: tl.constexpr = tl.constexpr(32 * NUM_WARPS)
 
 
@@ -308,9 +312,9 @@ def _round(s, r, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr):
 
 @triton.jit
 def _group_words(addr, base, ELEM: tl.constexpr, BLOCK: tl.constexpr):
-    """A full tile (of the tensor at address addr, an int64) as one pointer to a 64-bit word per Philox group, its first (a group's 4 elements are one
-    word in 16 bits, two in 32). The unmasked launch holds only tiles whose groups start on a 4-element
-    boundary in memory (the launcher checks), so these are aligned."""
+    """A full tile (of the tensor at address addr, an int64) as one pointer to a 64-bit word per Philox group,
+    its first (a group's 4 elements are one word in 16 bits, two in 32). The unmasked launch holds only tiles
+    whose groups start on a 4-element boundary in memory (the launcher checks), so these are aligned."""
     return (addr + base * (ELEM.primitive_bitwidth // 8)).to(tl.pointer_type(tl.uint64)) + tl.arange(
         0, BLOCK) * (ELEM.primitive_bitwidth // 16)
 
@@ -513,7 +517,7 @@ def noise(out: torch.Tensor, offset: int, seed: int, key: int, dist: str, versio
             grid = (sum(n for _, n in runs),)
             args = torch.tensor([out.numel(), offset, _as_i64(seed), key, first, stride], dtype=torch.int64,
                                 device=out.device)
-            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked, num_warps=NUM_WARPS,
+            _noise_kernel[grid](out, args, DIST=DIST_CODES[dist], BLOCK=block, MASKED=masked, num_warps=2,
                                 enable_fp_fusion=False, enable_reflect_ftz=False, **_version_args(version, out.device))
 
 
@@ -548,6 +552,6 @@ def update_(tensors, seeds, coeffs, keys, offsets, dist: str, rounding: str, sou
                                            torch.tensor(counts, device=device))
             _update_kernel[(sum(counts),)](meta, prog, seeds_t, coeffs_t, len(seeds), DTYPE=code,
                                            DIST=DIST_CODES[dist], STOCHASTIC=rounding == "stochastic",
-                                           BLOCK=block, MASKED=masked, num_warps=NUM_WARPS, enable_fp_fusion=False,
+                                           BLOCK=block, MASKED=masked, num_warps=2, enable_fp_fusion=False,
                                            enable_reflect_ftz=False, **_version_args(version, device))
     return flags
