@@ -60,7 +60,7 @@ BLOCK_G = 256  # groups per program (1024 elements); tests vary it to show tile-
 # Warps per program, as every launch passes them (num_warps=2, a literal there so that tools reading the launch
 # sites see it): a thread holds BLOCK_G // 64 = 4 Philox groups, over which the per-program work (the tensor's
 # row, addresses, the loop over seeds) is spread; Triton's default 4 costs about 5 more SASS instructions per
-# element for fewer registers per thread (tests/test_triton_aot.py).
+# element for fewer registers per thread (benchmarks/triton_sass.py; tests/test_triton_aot.py checks the launches).
 NUM_WARPS = 2
 _THREADS: tl.constexpr = tl.constexpr(32 * NUM_WARPS)
 
