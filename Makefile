@@ -3,14 +3,14 @@
 #               centralized ZO-SGD fine-tuning the pretrained MiniLM (a table and runs/demo/demo.png)
 #   make test   installs the test needs, then runs the whole suite
 # Also: make finetune (the MiniLM ZO fine-tune), make bench-kernels (the kernel benchmark),
-# make bench (microbenchmarks), make bench-step (the optimizer benchmark), make bench-gpu (on a GPU), make fed-results,
+# make bench (microbenchmarks), make bench-step (the optimizer benchmark), make bench-gpu (on a GPU), make sass (Triton SASS, no GPU), make fed-results,
 # make zowarmup-table.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXT_SRC := $(wildcard csrc/*.cpp csrc/*.h) setup.py
 
-.PHONY: demo test bench bench-kernels bench-gpu bench-step finetune fed-results zowarmup-table build clean
+.PHONY: demo test bench bench-kernels bench-gpu bench-step sass finetune fed-results zowarmup-table build clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-kernels: $(VENV)/.built
 
 bench-gpu: $(VENV)/.built $(VENV)/.test-deps
 	$(BIN)/python benchmarks/gpu.py --table
+
+# SASS per element and modelled H100 bandwidth of every Triton variant, compiled without a GPU
+sass: $(VENV)/.test-deps
+	$(BIN)/python benchmarks/triton_sass.py --table
 
 bench: $(VENV)/.built $(VENV)/.test-deps
 	$(BIN)/python -m pytest benchmarks --benchmark-enable -q
