@@ -99,14 +99,19 @@ struct Variant {
 };
 
 // Fastest first.
+#if defined(ZO_X86_VARIANTS)
+static bool cpu_has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd");
+}
+#endif
+
 static const Variant VARIANTS[] = {
 #if defined(ZO_X86_VARIANTS)
-    {&tiles_avx512,
-     [] {
-       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-              __builtin_cpu_supports("avx512cd");
-     }},
+#if defined(ZO_AVX512BF16)
+    {&tiles_avx512bf16, [] { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }},
+#endif
+    {&tiles_avx512, cpu_has_avx512},
     {&tiles_avx2, [] { return (bool)__builtin_cpu_supports("avx2"); }},
 #endif
     {&tiles_baseline, [] { return true; }},
@@ -196,7 +201,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("threads"), py::arg("version") = 1, py::call_guard<py::gil_scoped_release>(), "Writes float32 z for elements offset.. into out.");
   m.def(
       "isa", []() { return std::string(active.load()->isa); },
-      "The instruction set of the tile loops in use: baseline, avx2 or avx512.");
+      "The instruction set of the tile loops in use: baseline, avx2, avx512 or avx512bf16.");
   m.def("isas", &supported_isas, "The variants this build has and this CPU can run, fastest first.");
   m.def(
       "set_isa", [](const std::string &name) { use_isa(name, "set_isa: "); }, py::arg("name"),

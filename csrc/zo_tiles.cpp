@@ -6,7 +6,7 @@
 #include "zo_noise.h"
 
 #ifndef ZO_ISA
-#error "compile with -DZO_ISA=baseline|avx2|avx512 (setup.py does)"
+#error "compile with -DZO_ISA=baseline|avx2|avx512|avx512bf16 (setup.py does)"
 #endif
 #define ZO_STR2(x) #x
 #define ZO_STR(x) ZO_STR2(x)
@@ -126,6 +126,11 @@ inline TileSpan span_of(const TensorArg &t, int64_t tile) {
 
 // A parameter dtype's element type and conversions: widen to float32 (exact), narrow to nearest or
 // stochastically (float32 has no rounding step), and the magnitude bits of inf in that type.
+// The AVX-512 variants also convert 32 elements at once (widen32: one vector of 32 16-bit elements to two of
+// float32, element order kept; narrow32: back), the same bits as the scalar forms (tests/test_rounding_edges.py
+// compares them over every float32 and every 16-bit pattern), which sweep uses for rounding to nearest: the
+// compiler's vectorization of the scalar forms spent 3x the instructions of the float32 update on the bf16
+// round trip, and more on fp16.
 struct F32Format {
   using E = float;
   static constexpr uint32_t INF = 0x7F800000u;
@@ -134,6 +139,11 @@ struct F32Format {
   static float narrow_sr(float v, uint32_t) { return v; }
   static uint32_t magnitude(float v) { return bits_of(v) & 0x7FFFFFFFu; }
 };
+// (GCC 12's unmasked AVX-512 intrinsics: see gaussian_v2_words in zo_noise.h for this warning.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 struct BF16Format {
   using E = uint16_t;
   static constexpr uint32_t INF = 0x7F80u;
@@ -141,6 +151,41 @@ struct BF16Format {
   static uint16_t narrow(float v) { return f32_to_bf16(v); }
   static uint16_t narrow_sr(float v, uint32_t r) { return f32_to_bf16_sr(v, r); }
   static uint32_t magnitude(uint16_t h) { return h & 0x7FFFu; }
+#if defined(__AVX512F__)
+  // element j of h to the high half of dword j of lo (j < 16) or hi, the low halves zero: one word permute each
+  static void widen32(__m512i h, __m512 &lo, __m512 &hi) {
+    const __mmask32 high_halves = 0xAAAAAAAAu;
+    const __m512i to_lo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4,
+                                           0, 3, 0, 2, 0, 1, 0, 0, 0);
+    const __m512i to_hi = _mm512_add_epi16(to_lo, _mm512_set1_epi16(16));
+    lo = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(high_halves, to_lo, h));
+    hi = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(high_halves, to_hi, h));
+  }
+  static __m512i narrow32(__m512 lo, __m512 hi) {
+#if defined(__AVX512BF16__)
+    // VCVTNE2PS2BF16 rounds to nearest even and quiets NaN as the contract does ((bits >> 16) | 0x40), but
+    // takes a denormal input as zero: a step holding one (weights near 1e-38: rare) takes the integer path.
+    constexpr int DENORMAL_CLASS = 0x20;  // a vfpclassps category
+    if (__builtin_expect(
+            _kortestz_mask16_u8(_mm512_fpclass_ps_mask(lo, DENORMAL_CLASS), _mm512_fpclass_ps_mask(hi, DENORMAL_CLASS)),
+            1))
+      return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+#endif
+    // f32_to_bf16 leaving its result in the high half of each dword, then one permute of the high halves
+    const __m512i high_halves = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31,
+                                                 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_permutex2var_epi16(rounded(lo), high_halves, rounded(hi));
+  }
+  // bits + 0x7FFF + (bits >> 16 & 1), or for NaN bits | 0x400000 (the quiet bit of the high half; a sum
+  // never holds a NaN with nonzero low bits, but then narrow32 is f32_to_bf16 for every input)
+  static __m512i rounded(__m512 v) {
+    constexpr int NAN_CLASS = 0x81;  // vfpclassps categories QNaN | SNaN
+    const __m512i b = _mm512_castps_si512(v), r = _mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF));
+    const __m512i rne = _mm512_mask_add_epi32(r, _mm512_test_epi32_mask(b, _mm512_set1_epi32(0x10000)), r,
+                                              _mm512_set1_epi32(1));
+    return _mm512_mask_or_epi32(rne, _mm512_fpclass_ps_mask(v, NAN_CLASS), b, _mm512_set1_epi32(0x400000));
+  }
+#endif
 };
 struct F16Format {
   using E = uint16_t;
@@ -149,7 +194,60 @@ struct F16Format {
   static uint16_t narrow(float v) { return f32_to_f16(v); }
   static uint16_t narrow_sr(float v, uint32_t r) { return f32_to_f16_sr(v, r); }
   static uint32_t magnitude(uint16_t h) { return h & 0x7FFFu; }
+#if defined(__AVX512F__)
+  // VCVTPH2PS quiets a signaling NaN, f16_to_f32 keeps it signaling; the next operation, adding c z (never
+  // NaN: update_ refuses coefficients that are not finite), quiets it either way, to the same bits.
+  static void widen32(__m512i h, __m512 &lo, __m512 &hi) {
+    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+  }
+  // VCVTPS2PH with its rounding fixed to nearest even (not the MXCSR's) is f32_to_f16 for every input.
+  static __m512i narrow32(__m512 lo, __m512 hi) {
+    constexpr int RNE = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, RNE)), _mm512_cvtps_ph(hi, RNE), 1);
+  }
+#endif
 };
+
+#if defined(__AVX512F__)
+// sweep's rounding to nearest for the 16-bit formats, 32 elements per step (the window's last step masked), in
+// the scalar loop's operations and order (c * z, then + x) and so its bits.
+template <typename D, bool FromSource, bool ToDestination>
+inline uint32_t sweep32(const TileSpan &s, const uint16_t *in, uint16_t *out, float *w, const float *z, float c) {
+  const __m512 cv = _mm512_set1_ps(c);
+  __m512i largest = _mm512_setzero_si512();  // of the magnitudes written, as 16-bit patterns
+  auto step = [&](int64_t i, __mmask32 m) {
+    const __mmask16 m_lo = (__mmask16)m, m_hi = (__mmask16)(m >> 16);
+    __m512 x_lo, x_hi;
+    if (FromSource) {
+      D::widen32(_mm512_maskz_loadu_epi16(m, in + i), x_lo, x_hi);
+    } else {
+      x_lo = _mm512_maskz_loadu_ps(m_lo, w + i);
+      x_hi = _mm512_maskz_loadu_ps(m_hi, w + i + 16);
+    }
+    const __m512i h = D::narrow32(_mm512_add_ps(_mm512_mul_ps(cv, _mm512_maskz_loadu_ps(m_lo, z + i)), x_lo),
+                                  _mm512_add_ps(_mm512_mul_ps(cv, _mm512_maskz_loadu_ps(m_hi, z + i + 16)), x_hi));
+    if (ToDestination) {
+      _mm512_mask_storeu_epi16(out + i, m, h);
+      largest = _mm512_max_epu16(largest, _mm512_and_si512(h, _mm512_set1_epi16(0x7FFF)));
+    } else {
+      D::widen32(h, x_lo, x_hi);
+      _mm512_mask_storeu_ps(w + i, m_lo, x_lo);
+      _mm512_mask_storeu_ps(w + i + 16, m_hi, x_hi);
+    }
+  };
+  const int64_t hi = s.hi;
+  int64_t i = s.lo;
+  for (; i + 32 <= hi; i += 32) step(i, (__mmask32)0xFFFFFFFFu);
+  if (i < hi) step(i, (__mmask32)((1ull << (hi - i)) - 1));  // lanes left out read zeros and write nothing
+  if (!ToDestination) return 0;
+  const __m512i words = _mm512_max_epu16(largest, _mm512_srli_epi32(largest, 16));  // in the low halves
+  return _mm512_reduce_max_epu32(_mm512_and_si512(words, _mm512_set1_epi32(0xFFFF)));
+}
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // One seed's sweep over the tile window: round(x[i] + c * z[i]) with x read from the source tensor (the first
 // seed) or from the float32 scratch w, and the result written to the destination tensor (the last seed, which
@@ -158,6 +256,10 @@ struct F16Format {
 template <typename D, bool Stochastic, bool FromSource, bool ToDestination>
 inline uint32_t sweep(const TileSpan &s, const typename D::E *in, typename D::E *out, float *w, const float *z,
                       const uint32_t *r, float c) {
+#if defined(__AVX512F__)
+  if constexpr (!Stochastic && std::is_same_v<typename D::E, uint16_t>)
+    return sweep32<D, FromSource, ToDestination>(s, in, out, w, z, c);
+#endif
   uint32_t largest = 0;
   for (int64_t i = s.lo; i < s.hi; ++i) {
     const float x = FromSource ? D::widen(in[i]) : w[i];

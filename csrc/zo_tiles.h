@@ -1,7 +1,7 @@
 // What the bindings (zo_kernels.cpp) and the tile loops (zo_tiles.cpp) share.
 //
-// zo_tiles.cpp is compiled once per instruction set (setup.py: baseline, and on x86-64 also AVX2 and
-// AVX-512), each copy defining one TileKernels table; the bindings pick a table at import by what the
+// zo_tiles.cpp is compiled once per instruction set (setup.py: baseline, and on x86-64 also AVX2, AVX-512 and
+// AVX-512 with BF16), each copy defining one TileKernels table; the bindings pick a table at import by what the
 // CPU supports. Only plain data and these tables cross between the copies: an inline function with
 // external linkage (a std:: template, a member function) instantiated in the AVX-512 copy could be
 // the one the linker keeps for every caller, and the baseline path would then die on an older CPU.
@@ -48,6 +48,9 @@ struct TileKernels {
 extern const TileKernels tiles_baseline;
 #if defined(ZO_X86_VARIANTS)
 extern const TileKernels tiles_avx2, tiles_avx512;
+#endif
+#if defined(ZO_AVX512BF16)
+extern const TileKernels tiles_avx512bf16;  // built where the compiler knows -mavx512bf16 (setup.py)
 #endif
 
 }  // namespace zo

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not _cpu.available(), reason="C++ extension not 
 ROOT = pathlib.Path(__file__).parents[1]
 
 # What each variant is compiled for (setup.py) and so what the CPU must have, as /proc/cpuinfo names it.
-X86_NEEDS = {"avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}, "avx2": {"avx2"}}
+AVX512_NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
+X86_NEEDS = {"avx512bf16": AVX512_NEEDS | {"avx512_bf16"}, "avx512": AVX512_NEEDS, "avx2": {"avx2"}}
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -55,3 +55,21 @@ def test_spec_version_refuses_unknown_versions(bad):
     out = subprocess.run([sys.executable, str(SCRIPT), "--spec-version", bad], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and "--spec-version" in out.stderr
+
+
+TILE_LOOPS = pathlib.Path(__file__).parents[1] / "benchmarks" / "tile_loops.py"
+
+
+@pytest.mark.skipif("cpu" not in zokernels.backends(), reason="C++ extension not built")
+def test_tile_loop_figures_cover_every_dtype_and_stream_on_the_variant_asked_for():
+    isa = _cpu.require().isas()[-1]  # baseline: any variant but the default shows --isa is obeyed
+    out = subprocess.run([sys.executable, str(TILE_LOOPS), "--isa", isa, "--numel", "64", "--aliases", "2",
+                          "--windows", "1", "--versions", "1,2", "--table"], capture_output=True, text=True,
+                         timeout=300, check=True)
+    report = json.loads(out.stdout.splitlines()[0])
+    assert report["isa"] == isa and len(report["load"]["before"]) == 3
+    cases = ["floor"] + [f"{d}_v{v}" for v in (1, 2) for d in ("gaussian", "rademacher", "uniform")]
+    assert [(r["dtype"], r["case"]) for r in report["rows"]] == [
+        (dtype, case) for dtype in ("float32", "bfloat16", "float16") for case in cases]
+    assert all(r["ns_per_element"] > 0 for r in report["rows"])
+    assert "ns per element" in out.stdout
