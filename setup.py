@@ -2,9 +2,10 @@
 
 Nothing is compiled for the building machine's CPU (no -march=native), so a wheel runs on every CPU
 of its architecture. The hot loops (csrc/zo_tiles.cpp) are compiled once per instruction set, the
-baseline of the architecture plus AVX2, AVX-512 and AVX-512 with BF16 (avx512bf16: its one-instruction
-float32 -> bfloat16 rounding) variants on x86-64, and the extension picks the fastest the CPU supports when it
-is imported (ZOKERNELS_CPU_ISA=baseline|avx2|avx512|avx512bf16 forces one).
+baseline of the architecture plus AVX2 (with F16C, which every AVX2 CPU has: fp16 conversions), AVX-512
+and AVX-512 with BF16 (avx512bf16: its one-instruction float32 -> bfloat16 rounding) variants on x86-64,
+and the extension picks the fastest the CPU supports when it is imported
+(ZOKERNELS_CPU_ISA=baseline|avx2|avx512|avx512bf16 forces one).
 Every variant gives the same bits: flags never include -ffast-math, and -ffp-contract=off forbids
 FMA contraction, so each float operation is one IEEE float32 operation on every path.
 -fno-trapping-math changes no value (nothing here reads floating-point exception flags); it lets
@@ -23,7 +24,7 @@ TILES = "csrc/zo_tiles.cpp"
 # The features each variant is compiled for; csrc/zo_kernels.cpp (VARIANTS) checks the CPU for the same.
 AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512cd"]
 X86_VARIANTS = {
-    "avx2": ["-mavx2"],
+    "avx2": ["-mavx2", "-mf16c"],
     "avx512": AVX512,
     "avx512bf16": [*AVX512, "-mavx512bf16"],
 }

@@ -112,7 +112,7 @@ static const Variant VARIANTS[] = {
     {&tiles_avx512bf16, [] { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }},
 #endif
     {&tiles_avx512, cpu_has_avx512},
-    {&tiles_avx2, [] { return (bool)__builtin_cpu_supports("avx2"); }},
+    {&tiles_avx2, [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"); }},
 #endif
     {&tiles_baseline, [] { return true; }},
 };

@@ -124,13 +124,61 @@ inline TileSpan span_of(const TensorArg &t, int64_t tile) {
   return s;
 }
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+// The float32 vector of the variant and the vector holding twice as many 16-bit elements (one step of
+// sweep_vectors), with what that loop does on them.
+#if defined(__AVX512F__)
+struct Step {
+  using F = __m512;
+  using H = __m512i;
+  static constexpr int LANES = 16;  // float32 lanes; a step is 2 * LANES elements
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F load(const float *p) { return _mm512_loadu_ps(p); }
+  static void store(float *p, F v) { _mm512_storeu_ps(p, v); }
+  static H load_h(const uint16_t *p) { return _mm512_loadu_si512(p); }
+  static void store_h(uint16_t *p, H v) { _mm512_storeu_si512(p, v); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static H zero_h() { return _mm512_setzero_si512(); }
+  static H max_magnitude(H largest, H h) { return _mm512_max_epu16(largest, _mm512_and_si512(h, _mm512_set1_epi16(0x7FFF))); }
+  static uint32_t reduce_max(H v) {
+    const __m512i words = _mm512_max_epu16(v, _mm512_srli_epi32(v, 16));  // in the low halves
+    return _mm512_reduce_max_epu32(_mm512_and_si512(words, _mm512_set1_epi32(0xFFFF)));
+  }
+};
+#else
+struct Step {
+  using F = __m256;
+  using H = __m256i;
+  static constexpr int LANES = 8;
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F load(const float *p) { return _mm256_loadu_ps(p); }
+  static void store(float *p, F v) { _mm256_storeu_ps(p, v); }
+  static H load_h(const uint16_t *p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)); }
+  static void store_h(uint16_t *p, H v) { _mm256_storeu_si256(reinterpret_cast<__m256i *>(p), v); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static H zero_h() { return _mm256_setzero_si256(); }
+  static H max_magnitude(H largest, H h) { return _mm256_max_epu16(largest, _mm256_and_si256(h, _mm256_set1_epi16(0x7FFF))); }
+  static uint32_t reduce_max(H v) {
+    alignas(32) uint16_t w[16];
+    _mm256_store_si256(reinterpret_cast<__m256i *>(w), v);
+    uint32_t m = 0;
+    for (uint16_t x : w) m = x > m ? x : m;
+    return m;
+  }
+};
+#endif
+#endif
+
 // A parameter dtype's element type and conversions: widen to float32 (exact), narrow to nearest or
 // stochastically (float32 has no rounding step), and the magnitude bits of inf in that type.
-// The AVX-512 variants also convert 32 elements at once (widen32: one vector of 32 16-bit elements to two of
-// float32, element order kept; narrow32: back), the same bits as the scalar forms (tests/test_rounding_edges.py
-// compares them over every float32 and every 16-bit pattern), which sweep uses for rounding to nearest: the
-// compiler's vectorization of the scalar forms spent 3x the instructions of the float32 update on the bf16
-// round trip, and more on fp16.
+// The AVX2 and AVX-512 variants also convert one step of 2 * Step::LANES elements at once (widen_step: one
+// vector of 16-bit elements to two of float32, element order kept; narrow_step: back), the same bits as the
+// scalar forms (tests/test_rounding_edges.py compares them over every float32 and every 16-bit pattern), which
+// sweep uses for rounding to nearest: the compiler's vectorization of the scalar forms spent 3x the
+// instructions of the float32 update on the bf16 round trip, and more on fp16 (on AVX2 the whole fp16 pass
+// took 3.6x the float32 one).
 struct F32Format {
   using E = float;
   static constexpr uint32_t INF = 0x7F800000u;
@@ -151,9 +199,12 @@ struct BF16Format {
   static uint16_t narrow(float v) { return f32_to_bf16(v); }
   static uint16_t narrow_sr(float v, uint32_t r) { return f32_to_bf16_sr(v, r); }
   static uint32_t magnitude(uint16_t h) { return h & 0x7FFFu; }
+  // f32_to_bf16 is bits + 0x7FFF + (bits >> 16 & 1) or, for NaN, bits | 0x400000 (the quiet bit of the high
+  // half), then the high half. A sum never holds a NaN with nonzero low bits, but so narrow_step is
+  // f32_to_bf16 for every input.
 #if defined(__AVX512F__)
   // element j of h to the high half of dword j of lo (j < 16) or hi, the low halves zero: one word permute each
-  static void widen32(__m512i h, __m512 &lo, __m512 &hi) {
+  static void widen_step(__m512i h, __m512 &lo, __m512 &hi) {
     const __mmask32 high_halves = 0xAAAAAAAAu;
     const __m512i to_lo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4,
                                            0, 3, 0, 2, 0, 1, 0, 0, 0);
@@ -161,7 +212,7 @@ struct BF16Format {
     lo = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(high_halves, to_lo, h));
     hi = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(high_halves, to_hi, h));
   }
-  static __m512i narrow32(__m512 lo, __m512 hi) {
+  static __m512i narrow_step(__m512 lo, __m512 hi) {
 #if defined(__AVX512BF16__)
     // VCVTNE2PS2BF16 rounds to nearest even and quiets NaN as the contract does ((bits >> 16) | 0x40), but
     // takes a denormal input as zero: a step holding one (weights near 1e-38: rare) takes the integer path.
@@ -171,19 +222,33 @@ struct BF16Format {
             1))
       return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 #endif
-    // f32_to_bf16 leaving its result in the high half of each dword, then one permute of the high halves
+    // rounded in the high halves, then one permute of the high halves
     const __m512i high_halves = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31,
                                                  29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     return _mm512_permutex2var_epi16(rounded(lo), high_halves, rounded(hi));
   }
-  // bits + 0x7FFF + (bits >> 16 & 1), or for NaN bits | 0x400000 (the quiet bit of the high half; a sum
-  // never holds a NaN with nonzero low bits, but then narrow32 is f32_to_bf16 for every input)
   static __m512i rounded(__m512 v) {
     constexpr int NAN_CLASS = 0x81;  // vfpclassps categories QNaN | SNaN
     const __m512i b = _mm512_castps_si512(v), r = _mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF));
     const __m512i rne = _mm512_mask_add_epi32(r, _mm512_test_epi32_mask(b, _mm512_set1_epi32(0x10000)), r,
                                               _mm512_set1_epi32(1));
     return _mm512_mask_or_epi32(rne, _mm512_fpclass_ps_mask(v, NAN_CLASS), b, _mm512_set1_epi32(0x400000));
+  }
+#elif defined(__AVX2__)
+  static void widen_step(__m256i h, __m256 &lo, __m256 &hi) {
+    lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
+    hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
+  }
+  // the high halves packed per 128-bit lane (lo 0-3, hi 0-3, lo 4-7, hi 4-7), then the 64-bit quarters in order
+  static __m256i narrow_step(__m256 lo, __m256 hi) {
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded(lo), rounded(hi)), 0xD8);
+  }
+  static __m256i rounded(__m256 v) {  // in the low halves: packus saturates nothing below 2^16
+    const __m256i b = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i rne = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_srli_epi32(_mm256_blendv_epi8(rne, _mm256_or_si256(b, _mm256_set1_epi32(0x400000)), nan), 16);
   }
 #endif
 };
@@ -194,55 +259,63 @@ struct F16Format {
   static uint16_t narrow(float v) { return f32_to_f16(v); }
   static uint16_t narrow_sr(float v, uint32_t r) { return f32_to_f16_sr(v, r); }
   static uint32_t magnitude(uint16_t h) { return h & 0x7FFFu; }
-#if defined(__AVX512F__)
   // VCVTPH2PS quiets a signaling NaN, f16_to_f32 keeps it signaling; the next operation, adding c z (never
   // NaN: update_ refuses coefficients that are not finite), quiets it either way, to the same bits.
-  static void widen32(__m512i h, __m512 &lo, __m512 &hi) {
+  // VCVTPS2PH with its rounding fixed to nearest even (not the MXCSR's) is f32_to_f16 for every input.
+#if defined(__AVX512F__)
+  static void widen_step(__m512i h, __m512 &lo, __m512 &hi) {
     lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
     hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
   }
-  // VCVTPS2PH with its rounding fixed to nearest even (not the MXCSR's) is f32_to_f16 for every input.
-  static __m512i narrow32(__m512 lo, __m512 hi) {
+  static __m512i narrow_step(__m512 lo, __m512 hi) {
     constexpr int RNE = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, RNE)), _mm512_cvtps_ph(hi, RNE), 1);
+  }
+#elif defined(__AVX2__)  // and F16C (setup.py)
+  static void widen_step(__m256i h, __m256 &lo, __m256 &hi) {
+    lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+  }
+  static __m256i narrow_step(__m256 lo, __m256 hi) {
+    constexpr int RNE = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(lo, RNE)), _mm256_cvtps_ph(hi, RNE), 1);
   }
 #endif
 };
 
-#if defined(__AVX512F__)
-// sweep's rounding to nearest for the 16-bit formats, 32 elements per step (the window's last step masked), in
-// the scalar loop's operations and order (c * z, then + x) and so its bits.
+#if defined(__AVX512F__) || defined(__AVX2__)
+// sweep's rounding to nearest for the 16-bit formats over the whole steps of the window from s.lo, in the
+// scalar loop's operations and order (c * z, then + x) and so its bits; `end` is where it stopped.
 template <typename D, bool FromSource, bool ToDestination>
-inline uint32_t sweep32(const TileSpan &s, const uint16_t *in, uint16_t *out, float *w, const float *z, float c) {
-  const __m512 cv = _mm512_set1_ps(c);
-  __m512i largest = _mm512_setzero_si512();  // of the magnitudes written, as 16-bit patterns
-  auto step = [&](int64_t i, __mmask32 m) {
-    const __mmask16 m_lo = (__mmask16)m, m_hi = (__mmask16)(m >> 16);
-    __m512 x_lo, x_hi;
-    if (FromSource) {
-      D::widen32(_mm512_maskz_loadu_epi16(m, in + i), x_lo, x_hi);
-    } else {
-      x_lo = _mm512_maskz_loadu_ps(m_lo, w + i);
-      x_hi = _mm512_maskz_loadu_ps(m_hi, w + i + 16);
-    }
-    const __m512i h = D::narrow32(_mm512_add_ps(_mm512_mul_ps(cv, _mm512_maskz_loadu_ps(m_lo, z + i)), x_lo),
-                                  _mm512_add_ps(_mm512_mul_ps(cv, _mm512_maskz_loadu_ps(m_hi, z + i + 16)), x_hi));
-    if (ToDestination) {
-      _mm512_mask_storeu_epi16(out + i, m, h);
-      largest = _mm512_max_epu16(largest, _mm512_and_si512(h, _mm512_set1_epi16(0x7FFF)));
-    } else {
-      D::widen32(h, x_lo, x_hi);
-      _mm512_mask_storeu_ps(w + i, m_lo, x_lo);
-      _mm512_mask_storeu_ps(w + i + 16, m_hi, x_hi);
-    }
-  };
+inline uint32_t sweep_steps(const TileSpan &s, const uint16_t *in, uint16_t *out, float *w, const float *z, float c,
+                            int64_t &end) {
+  using V = Step;
+  constexpr int L = V::LANES;
+  const typename V::F cv = V::set1(c);
+  typename V::H largest = V::zero_h();  // of the magnitudes written, as 16-bit patterns
   const int64_t hi = s.hi;
   int64_t i = s.lo;
-  for (; i + 32 <= hi; i += 32) step(i, (__mmask32)0xFFFFFFFFu);
-  if (i < hi) step(i, (__mmask32)((1ull << (hi - i)) - 1));  // lanes left out read zeros and write nothing
-  if (!ToDestination) return 0;
-  const __m512i words = _mm512_max_epu16(largest, _mm512_srli_epi32(largest, 16));  // in the low halves
-  return _mm512_reduce_max_epu32(_mm512_and_si512(words, _mm512_set1_epi32(0xFFFF)));
+  for (; i + 2 * L <= hi; i += 2 * L) {
+    typename V::F x_lo, x_hi;
+    if (FromSource) {
+      D::widen_step(V::load_h(in + i), x_lo, x_hi);
+    } else {
+      x_lo = V::load(w + i);
+      x_hi = V::load(w + i + L);
+    }
+    const typename V::H h = D::narrow_step(V::add(V::mul(cv, V::load(z + i)), x_lo),
+                                           V::add(V::mul(cv, V::load(z + i + L)), x_hi));
+    if (ToDestination) {
+      V::store_h(out + i, h);
+      largest = V::max_magnitude(largest, h);
+    } else {
+      D::widen_step(h, x_lo, x_hi);
+      V::store(w + i, x_lo);
+      V::store(w + i + L, x_hi);
+    }
+  }
+  end = i;
+  return ToDestination ? V::reduce_max(largest) : 0;
 }
 #endif
 #if defined(__GNUC__) && !defined(__clang__)
@@ -256,12 +329,13 @@ inline uint32_t sweep32(const TileSpan &s, const uint16_t *in, uint16_t *out, fl
 template <typename D, bool Stochastic, bool FromSource, bool ToDestination>
 inline uint32_t sweep(const TileSpan &s, const typename D::E *in, typename D::E *out, float *w, const float *z,
                       const uint32_t *r, float c) {
-#if defined(__AVX512F__)
-  if constexpr (!Stochastic && std::is_same_v<typename D::E, uint16_t>)
-    return sweep32<D, FromSource, ToDestination>(s, in, out, w, z, c);
-#endif
   uint32_t largest = 0;
-  for (int64_t i = s.lo; i < s.hi; ++i) {
+  int64_t i = s.lo;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (!Stochastic && std::is_same_v<typename D::E, uint16_t>)
+    largest = sweep_steps<D, FromSource, ToDestination>(s, in, out, w, z, c, i);  // the rest (< 1 step) below
+#endif
+  for (; i < s.hi; ++i) {
     const float x = FromSource ? D::widen(in[i]) : w[i];
     const typename D::E h = Stochastic ? D::narrow_sr(x + c * z[i], r[i]) : D::narrow(x + c * z[i]);
     if (ToDestination) {

@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 # What each variant is compiled for (setup.py) and so what the CPU must have, as /proc/cpuinfo names it.
 AVX512_NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
-X86_NEEDS = {"avx512bf16": AVX512_NEEDS | {"avx512_bf16"}, "avx512": AVX512_NEEDS, "avx2": {"avx2"}}
+X86_NEEDS = {"avx512bf16": AVX512_NEEDS | {"avx512_bf16"}, "avx512": AVX512_NEEDS, "avx2": {"avx2", "f16c"}}
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -129,7 +129,7 @@ def test_the_edge_cases_reach_the_paths_they_are_for():
 
 # The flags setup.py compiles each AVX-512 variant with.
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512cd"]
-VARIANT_FLAGS = {"avx512": AVX512_FLAGS, "avx512bf16": AVX512_FLAGS + ["-mavx512bf16"]}
+VARIANT_FLAGS = {"avx2": ["-mavx2", "-mf16c"], "avx512": AVX512_FLAGS, "avx512bf16": AVX512_FLAGS + ["-mavx512bf16"]}
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -139,7 +139,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 @pytest.mark.parametrize("isa", list(VARIANT_FLAGS))
 def test_vector_conversions_equal_the_contract_on_every_input(tmp_path, isa):
     """What the API cannot reach (a NaN sum with nonzero low bits, every float32 at once) the conversions still
-    match: each AVX-512 variant's narrow32 over all 2^32 float32 patterns, widen32 over all 2^16 inputs."""
+    match: each vector variant's narrow_step over all 2^32 float32 patterns, widen_step over all 2^16 inputs."""
     if not X86_NEEDS[isa] <= _cpuinfo_flags():
         pytest.skip(f"this CPU cannot run the {isa} variant")
     exe = tmp_path / "exhaustive"
